@@ -1,0 +1,250 @@
+"""Typed experiment configs: YAML files plus dotted command-line overrides.
+
+A config is a (nested) dataclass. ``load_config(ProbeConfig, "configs/x.yaml",
+["probe.dims=[8,16]", "seed=3"])`` reads the file, applies the overrides and
+checks every key and value against the dataclass *before* any work starts:
+an unknown key names the nearest valid one, a value of the wrong type quotes
+the value and the expected type, and all problems are reported together.
+
+Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Any``,
+``Optional[T]``, ``list[T]``, ``tuple[T, ...]``, ``dict[str, T]``,
+``Literal[...]`` and nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Literal, Mapping, Sequence, Tuple, Type, TypeVar, Union
+
+import yaml
+
+from lowbit.registry import nearest
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config that does not match its schema; the message lists every problem."""
+
+
+def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
+    """Turn ``["probe.dims=[8,16]", "seed=3"]`` into a nested dict.
+
+    Values are parsed as YAML, so ``[8,16]`` is a list, ``3`` an int, ``1e-5`` a
+    float and ``sgd`` a string.
+    """
+    result: Dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. seed=3 or probe.dims=[8,16])")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key")
+        value = _parse_scalar(text)
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            existing = node.get(part)
+            if not isinstance(existing, dict):
+                existing = node[part] = {}
+            node = existing
+        node[parts[-1]] = value
+    return result
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return _fix_yaml_floats(value)
+
+
+def _fix_yaml_floats(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads ``1e-5`` as a string; read it as the float it is."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if value.strip().lower() not in {"nan", "inf", "-inf", "+inf", "infinity"} else value
+    if isinstance(value, list):
+        return [_fix_yaml_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _fix_yaml_floats(v) for k, v in value.items()}
+    return value
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (dicts merge, other values replace)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (looked in {path.resolve().parent})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}")
+    return _fix_yaml_floats(data)
+
+
+def load_config(
+    cls: Type[C],
+    path: Union[str, Path, None] = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> C:
+    """Build ``cls`` from ``base`` (a dict), then the YAML file, then the overrides."""
+    data: Dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = deep_merge(data, read_yaml(path))
+    data = deep_merge(data, parse_overrides(overrides))
+    return from_dict(cls, data)
+
+
+def from_dict(cls: Type[C], data: Mapping[str, Any]) -> C:
+    """Validate ``data`` against the dataclass ``cls`` and build it; raise ConfigError listing all problems."""
+    errors: List[str] = []
+    value = _build_dataclass(cls, data, "", errors)
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+    return value
+
+
+def to_dict(config: Any) -> Dict[str, Any]:
+    """The config as plain YAML-friendly data (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def save_config(config: Any, path: Union[str, Path]) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _build_dataclass(cls: Any, data: Any, where: str, errors: List[str]) -> Any:
+    if not isinstance(data, Mapping):
+        errors.append(f"{where or 'config'}: expected a mapping of keys, got {data!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: Dict[str, Any] = {}
+    for key, raw in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            hint = nearest(str(key), fields)
+            suggestion = f"; did you mean {(where + '.' if where else '') + hint!r}?" if hint else ""
+            errors.append(f"unknown key {path!r}{suggestion} (valid keys here: {', '.join(fields)})")
+            continue
+        kwargs[key] = _coerce(hints[key], raw, path, errors)
+    for name, field in fields.items():
+        if name not in kwargs and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            errors.append(f"missing required key {(where + '.' if where else '') + name!r}")
+    if errors:
+        return None
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as error:  # __post_init__ checks of the dataclass itself
+        errors.append(f"{where or 'config'}: {error}")
+        return None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, path: str, errors: List[str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            trial: List[str] = []
+            result = _coerce(option, value, path, trial)
+            if not trial:
+                return result
+        errors.append(f"{path}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        return None
+    if origin is Literal:
+        if value not in args:
+            hint = nearest(str(value), [str(a) for a in args])
+            suggestion = f" (did you mean {hint!r}?)" if hint else ""
+            errors.append(f"{path}: must be one of {', '.join(repr(a) for a in args)}, got {value!r}{suggestion}")
+        return value
+    if origin in (list, List, tuple, Tuple, Sequence):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if origin in (list, List, Sequence) and args and _is_scalar_type(args[0]):
+                value = [value]  # a single value where a list is expected: a list of one
+            else:
+                errors.append(f"{path}: expected a list, got {value!r}")
+                return None
+        item_type = args[0] if args else Any
+        items = [_coerce(item_type, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return tuple(items) if origin in (tuple, Tuple) else items
+    if origin in (dict, Dict, Mapping):
+        if not isinstance(value, Mapping):
+            errors.append(f"{path}: expected a mapping, got {value!r}")
+            return None
+        value_type = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(value_type, v, f"{path}.{k}", errors) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, path, errors)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        errors.append(f"{path}: expected true or false, got {value!r}")
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        errors.append(f"{path}: expected an integer, got {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isnan(float(value)):
+                errors.append(f"{path}: expected a number, got NaN")
+                return None
+            return float(value)
+        errors.append(f"{path}: expected a number, got {value!r}")
+        return None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        errors.append(f"{path}: expected a string, got {value!r}")
+        return None
+    return value
+
+
+def _is_scalar_type(tp: Any) -> bool:
+    return tp in (int, float, str, bool)
