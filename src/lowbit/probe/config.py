@@ -1,0 +1,206 @@
+"""The probe's config: one table of every setting, with its unit and why.
+
+An experiment is the grid ``dims × sweep × inits × batches``; at every point each
+estimator in ``estimators`` proposes a step and the measurements in ``measure``
+are taken. The defaults are the built-in ``lowbit probe`` run: every estimator
+family on the teacher-student toy, small enough to finish in minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from lowbit.registry import nearest
+
+
+@dataclass
+class TaskConfig:
+    """The teacher-student toy of the notes (BinaryDuo setting)."""
+
+    depth: int = 3  # layers of the toy MLP; the notes use 3
+    # Student activation: a quantizer name, {name: ..., **params} (e.g. {name: uniform_act, levels: 3}),
+    # or "none" for the full-precision control.
+    act: Union[str, Dict[str, Any]] = "ste"
+    batch_size: int = 4096  # samples per measured batch; notes: 160000 (GPU), 16000 in later notes
+    pretrain_steps: int = 0  # notes 2021-05-17: 2000 steps of 16000 samples, then NES failed
+    pretrain_batch_size: int = 1024
+    pretrain_lr: float = 1e-3  # Adam step size for the pretraining
+    pretrain_optimizer: str = "adam"
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "batch_size", "pretrain_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"task.{name} must be >= 1, got {getattr(self, name)}")
+        if self.pretrain_steps < 0:
+            raise ValueError(f"task.pretrain_steps must be >= 0, got {self.pretrain_steps}")
+        if isinstance(self.act, dict) and "name" not in self.act:
+            raise ValueError(f"task.act as a mapping needs a 'name' key, e.g. {{name: uniform_act, levels: 3}}, got {self.act}")
+        if self.pretrain_lr <= 0:
+            raise ValueError(f"task.pretrain_lr must be > 0, got {self.pretrain_lr}")
+
+
+@dataclass
+class LrGridConfig:
+    """The line search: ΔL(lr) = L(w) − L(w − lr·ĝ) on ``num`` lrs in [min, max]."""
+
+    min: float = 1e-4
+    max: float = 1.0  # with a unit-norm direction, lr is the distance moved (the notes' budget: 0.1)
+    num: int = 1000  # the notes scanned 1e-5..1e-1 at 1e-5 (10^4 points): set num=10000, scale=linear
+    scale: Literal["log", "linear"] = "log"
+
+    def __post_init__(self) -> None:
+        if self.num < 1:
+            raise ValueError(f"measure.lr_grid.num must be >= 1 (an lr grid cannot be empty), got {self.num}")
+        if not 0 < self.min <= self.max:
+            raise ValueError(f"measure.lr_grid needs 0 < min <= max, got min={self.min}, max={self.max}")
+
+
+@dataclass
+class BudgetConfig:
+    """A common step budget: every method's step is kept inside ‖Δw‖_norm <= radius."""
+
+    radius: float = 0.1  # notes 2021-06-16: ε = 0.1 for DG, STE and CDG alike
+    norm: Literal["l2", "l1", "linf"] = "l2"
+
+    def __post_init__(self) -> None:
+        if self.radius <= 0:
+            raise ValueError(f"budget.radius must be > 0, got {self.radius}")
+
+
+@dataclass
+class MeasureConfig:
+    lr_grid: LrGridConfig = field(default_factory=LrGridConfig)
+    quick_lr: float = 0.1  # notes 2021-04-30 "quick check": one fixed lr
+    normalize: Literal["global", "per_layer", "none"] = "global"  # unit-normalise ĝ before stepping
+    reference: Optional[str] = "cdg"  # label of the estimator others are compared with (cosine); null = none
+    curve_points: int = 60  # ΔL–lr points kept per curve in records.csv (the best is found on the full grid)
+    compare: List[List[str]] = field(default_factory=list)  # pairs [a, b]: records (L_a − L_b) / L_a
+
+    def __post_init__(self) -> None:
+        if self.quick_lr <= 0:
+            raise ValueError(f"measure.quick_lr must be > 0, got {self.quick_lr}")
+        if self.curve_points < 2:
+            raise ValueError(f"measure.curve_points must be >= 2, got {self.curve_points}")
+        for pair in self.compare:
+            if len(pair) != 2:
+                raise ValueError(f"measure.compare entries are pairs [a, b] of estimator labels, got {pair}")
+
+
+@dataclass
+class ProbeGridConfig:
+    dims: List[int] = field(default_factory=lambda: [4, 8, 16, 32])  # notes: 2..32, later 64
+    inits: int = 2  # independent teacher/student initialisations; notes: 3
+    batches: int = 2  # batches measured per init; notes: 10
+    layers: Union[str, List[int]] = "all"  # "all" or layer indices, e.g. [0] = first layer only
+    sweep: Dict[str, List[Any]] = field(default_factory=dict)  # task keys to vary, e.g. {act: [ste, none]}
+
+    def __post_init__(self) -> None:
+        if not self.dims:
+            raise ValueError("probe.dims must list at least one dimension")
+        bad = [d for d in self.dims if d < 1]
+        if bad:
+            raise ValueError(f"probe.dims must all be >= 1, got {bad}")
+        if self.inits < 1 or self.batches < 1:
+            raise ValueError(f"probe.inits and probe.batches must be >= 1, got {self.inits} and {self.batches}")
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise ValueError(f"probe.layers must be 'all' or a list of layer indices, got {self.layers!r}")
+        valid = list(TaskConfig.__dataclass_fields__)
+        for key, values in self.sweep.items():
+            if key not in valid:
+                hint = nearest(key, valid)
+                raise ValueError(
+                    f"probe.sweep key {key!r} is not a task setting"
+                    + (f"; did you mean {hint!r}?" if hint else "")
+                    + f" (valid: {', '.join(valid)})"
+                )
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"probe.sweep.{key} must be a non-empty list, got {values!r}")
+
+
+def _default_estimators() -> List[Dict[str, Any]]:
+    return [
+        {"name": "cdg", "eps": 0.1},
+        {"name": "ste", "surrogate": "ste"},
+        {"name": "ste", "surrogate": "ste_clipped"},
+        {"name": "ste", "surrogate": "swish_sign"},
+        {"name": "ste", "surrogate": "approx_sign"},
+        {"name": "ste", "surrogate": "vste"},
+        {"name": "nes", "population": [500, 5000], "sigma": 0.1},
+        {"name": "dg", "budget": 0.1, "steps": [1, 4]},
+        {"name": "multistep_ste", "optimizer": "sgdm", "steps": 10, "lr": 0.02, "budget": 0.1},
+    ]
+
+
+@dataclass
+class ProbeConfig:
+    """Everything a probe run needs; saved resolved as ``config.yaml`` in the run directory."""
+
+    name: str = "probe"
+    seed: int = 0  # base seed: init i uses seed + i for the task; estimators derive theirs from the unit
+    task: TaskConfig = field(default_factory=TaskConfig)
+    probe: ProbeGridConfig = field(default_factory=ProbeGridConfig)
+    # Each entry: {name: <estimator>, label: <optional>, **params}; a list-valued parameter
+    # expands into one estimator per value (e.g. population: [500, 5000]).
+    estimators: List[Dict[str, Any]] = field(default_factory=_default_estimators)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    budget: Optional[BudgetConfig] = None  # a common budget for every method (notes: 0.1); null = none
+    threads: int = 0  # torch threads; 0 = torch's default (all cores)
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    label: str
+    name: str
+    params: Dict[str, Any]
+
+
+def expand_estimators(entries: List[Dict[str, Any]]) -> List[EstimatorSpec]:
+    """Expand list-valued parameters into one spec each and give every spec a unique label.
+
+    ``{name: nes, population: [500, 5000]}`` → ``nes(population=500)``, ``nes(population=5000)``.
+    The default label is the estimator name plus the parameters that tell it apart
+    (``ste(surrogate=swish_sign)``).
+    """
+    specs: List[EstimatorSpec] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ValueError(f"estimators[{index}] must be a mapping with a 'name' key, got {entry!r}")
+        entry = dict(entry)
+        name = entry.pop("name")
+        label = entry.pop("label", None)
+        swept = {k: v for k, v in entry.items() if isinstance(v, list)}
+        fixed = {k: v for k, v in entry.items() if not isinstance(v, list)}
+        combos = [dict(zip(swept, values)) for values in itertools.product(*swept.values())] or [{}]
+        for combo in combos:
+            params = {**fixed, **combo}
+            if label is not None:
+                this_label = label if not combo else f"{label}({_kv(combo)})"
+            else:
+                shown = {**({"surrogate": fixed["surrogate"]} if "surrogate" in fixed else {}), **combo}
+                this_label = f"{name}({_kv(shown)})" if shown else name
+            specs.append(EstimatorSpec(this_label, name, params))
+    labels = [s.label for s in specs]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise ValueError(f"estimator labels must be unique; give these a 'label': {', '.join(duplicates)}")
+    return specs
+
+
+def _kv(params: Dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in params.items())
+
+
+def act_label(act: Union[str, Dict[str, Any]]) -> str:
+    """``"ste"`` or ``{name: uniform_act, levels: 3}`` → ``"uniform_act(levels=3)"``."""
+    if isinstance(act, dict):
+        params = {k: v for k, v in act.items() if k != "name"}
+        return f"{act['name']}({_kv(params)})" if params else str(act["name"])
+    return str(act)
+
+
+def task_conditions(config: ProbeConfig) -> List[Dict[str, Any]]:
+    """Every combination of the swept task settings (one empty dict when nothing is swept)."""
+    sweep = config.probe.sweep
+    return [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())] or [{}]

@@ -1,0 +1,167 @@
+"""The functional core shared by every quantizer.
+
+Each quantizer is a pair of pure functions: ``forward_fn(x, *aux) -> q(x)`` (the
+quantization) and ``backward_fn(x, grad) -> grad_x`` (the surrogate derivative
+applied to the upstream gradient). :func:`quantize_with_surrogate` joins them in
+one ``torch.autograd.Function`` written in the ``setup_context`` form with
+``generate_vmap_rule = True``, so ``torch.func.vmap``, ``torch.func.grad``,
+forward mode (``jvp``, ``jacfwd``, ``hessian``) and their compositions work
+through every quantizer.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Callable, Optional
+
+import torch
+
+ForwardFn = Callable[..., torch.Tensor]
+BackwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class _QuantizeWithSurrogate(torch.autograd.Function):
+    """forward = ``forward_fn(x, *aux)``; backward = ``backward_fn(x, grad)``.
+
+    ``aux`` are extra tensors the forward needs (e.g. uniform noise for
+    stochastic rounding); they receive no gradient.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, forward_fn, backward_fn, *aux):
+        return forward_fn(x, *aux)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, backward_fn, *aux = inputs
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+        ctx.backward_fn = backward_fn
+        ctx.num_aux = len(aux)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return (ctx.backward_fn(x, grad), None, None) + (None,) * ctx.num_aux
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        # Forward mode (jacfwd, hessian): the surrogate Jacobian is diagonal, so
+        # J t = J^T t = backward_fn(x, t). For ``vste``, whose backward clips
+        # the incoming gradient, this clips the tangent the same way.
+        (x,) = ctx.saved_tensors
+        return ctx.backward_fn(x, x_tangent)
+
+
+def quantize_with_surrogate(
+    x: torch.Tensor, forward_fn: ForwardFn, backward_fn: BackwardFn, *aux: torch.Tensor
+) -> torch.Tensor:
+    """``forward_fn(x, *aux)`` in the forward pass, ``backward_fn(x, grad)`` in the backward.
+
+    Both functions must be pure torch code (no in-place ops on inputs, no
+    ``.item()``) so that the generated vmap rule applies.
+    """
+    return _QuantizeWithSurrogate.apply(x, forward_fn, backward_fn, *aux)
+
+
+def hard_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) in {-1, +1} with sign(0) = +1 (unlike ``torch.sign``), same dtype as ``x``.
+
+    NaN maps to -1 (``NaN >= 0`` is false).
+    """
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def round_half_away(y: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer, ties away from zero (0.5 -> 1, -0.5 -> -1, 1.5 -> 2).
+
+    Chosen over ``torch.round`` (ties to even) so that the quantization grid is
+    regular (every bin has the same width) and odd-symmetric, q(-x) = -q(x).
+    The fractional part is compared exactly (``|y| - floor(|y|)`` is exact in
+    floating point), unlike ``floor(y + 0.5)``, which rounds the largest float
+    below 0.5 up to 1.
+    """
+    magnitude = y.abs()
+    whole = torch.floor(magnitude)
+    rounded = whole + (magnitude - whole >= 0.5).to(y.dtype)
+    return torch.copysign(rounded, y)
+
+
+def pass_where(condition: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` where ``condition`` holds, 0 elsewhere (0, not grad * 0, so inf does not become NaN)."""
+    return torch.where(condition, grad, 0.0)
+
+
+def identity_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The identity straight-through estimator: dq/dx := 1."""
+    return grad
+
+
+def uniform_noise(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """U[0, 1) noise shaped like ``x`` on its device, in float32 whatever ``x``'s dtype.
+
+    float32 because a bfloat16 uniform has only 8 significant bits, which would
+    bias probabilities compared against it. ``generator`` must live on
+    ``x.device``. Under ``torch.func.vmap`` pass ``randomness="different"`` (or
+    ``"same"``); vmap's default ``"error"`` refuses random draws.
+    """
+    return torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+
+
+# --- parameter validation (raised at construction, quoting the value) -------------
+
+
+def check_positive(name: str, value: float) -> float:
+    """``value`` as a float if it is a real number > 0, else ValueError quoting it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def check_finite(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite real number, else ValueError quoting it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_non_negative(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite real number >= 0, else ValueError quoting it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value: bool) -> bool:
+    """``value`` if it is a bool, else ValueError quoting it (so 0/1/"yes" are not taken as flags)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def check_generator(value: Optional[torch.Generator]) -> Optional[torch.Generator]:
+    """``value`` if it is None or a ``torch.Generator``, else ValueError quoting it."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {value!r}")
+    return value
+
+
+def check_int_at_least(name: str, value: int, minimum: int) -> int:
+    """``value`` if it is an integer >= ``minimum``, else ValueError quoting it."""
+    try:
+        as_int = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if isinstance(value, bool) or as_int < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return as_int
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else ValueError quoting it and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

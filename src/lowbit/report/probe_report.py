@@ -1,0 +1,251 @@
+"""The probe's Markdown report and plots, drawn from ``records.csv`` alone.
+
+Tables are means ± standard errors over inits × batches, one column per
+dimension, one row per estimator, the way the research notes lay them out; one
+block per swept task condition (e.g. binary vs FP activations).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence
+
+import yaml
+
+from lowbit.report.tables import format_mean_se, group, markdown_table, mean_se
+from lowbit.runs import atomic_write_text, read_records
+
+METRIC_TITLES = {
+    "quick_decrease": "Loss decrease at the fixed quick-check lr",
+    "best_decrease": "Best loss decrease over the lr grid",
+    "best_lr": "lr of the best loss decrease",
+    "cosine": "Cosine similarity with the reference",
+    "step_decrease": "Loss decrease of the method's own step (displacement methods)",
+    "seconds": "Seconds per estimate",
+}
+
+
+def write_probe_report(run_dir: Path) -> Path:
+    """(Re)build ``report.md`` and ``plots/*.png`` of a probe run from its records."""
+    run_dir = Path(run_dir)
+    records = read_records(run_dir / "records.csv")
+    config = _read_yaml(run_dir / "config.yaml")
+    meta = _read_yaml(run_dir / "meta.yaml")
+    sweep_keys = list((config.get("probe") or {}).get("sweep") or {})
+    (run_dir / "plots").mkdir(exist_ok=True)
+
+    lines: List[str] = [f"# Gradient probe: {config.get('name', run_dir.name)}", ""]
+    lines += _evidence(config, meta, records, run_dir)
+    conditions = group(records, lambda r: tuple((k, r.get(k)) for k in sweep_keys))
+    for condition, rows in conditions.items():
+        suffix = "_".join(f"{k}-{v}" for k, v in condition)
+        if condition:
+            lines += [f"## Condition: {', '.join(f'{k} = {v}' for k, v in condition)}", ""]
+        lines += _estimator_tables(rows, config)
+        plot = _plot_curves(rows, run_dir / "plots" / f"decrease_vs_lr{'_' + suffix if suffix else ''}.png")
+        lines += [f"![loss decrease vs lr](plots/{plot.name})", ""] if plot else []
+        plot = _plot_vs_dim(rows, "best_decrease", run_dir / "plots" / f"best_decrease_vs_dim{'_' + suffix if suffix else ''}.png")
+        lines += [f"![best loss decrease vs dim](plots/{plot.name})", ""] if plot else []
+        lines += _layer_cosine_table(rows)
+        lines += _normalized_difference(rows, run_dir, suffix)
+    if len(conditions) > 1:
+        plot = _plot_cosine_by_condition(records, sweep_keys, run_dir / "plots" / "cosine_by_condition.png")
+        if plot:
+            lines += ["## Cosine with the reference across conditions", "", f"![cosine by condition](plots/{plot.name})", ""]
+    path = run_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def _evidence(
+    config: Mapping[str, Any], meta: Mapping[str, Any], records: Sequence[Mapping[str, Any]], run_dir: Path
+) -> List[str]:
+    probe = config.get("probe", {})
+    task = config.get("task", {})
+    units = {r["unit"] for r in records}
+    expected = len(probe.get("dims", [])) * probe.get("inits", 0) * probe.get("batches", 0)
+    for values in (probe.get("sweep") or {}).values():
+        expected *= len(values)
+    measure = config.get("measure", {})
+    grid = measure.get("lr_grid", {})
+    budget = config.get("budget")
+    lines = [
+        f"Teacher–student toy: {task.get('depth')}-layer bias-free MLP, student activation `{task.get('act')}`, "
+        f"x ~ N(0, I), MSE against the teacher, {task.get('batch_size')} samples per batch, "
+        f"pretraining {task.get('pretrain_steps', 0)} steps. Layers studied: {probe.get('layers')}. "
+        f"Means ± standard errors over {probe.get('inits')} inits × {probe.get('batches')} batches "
+        f"({len(units)} of {expected} grid points measured).",
+        "",
+        f"Directions are normalised `{measure.get('normalize')}`; the lr grid has {grid.get('num')} {grid.get('scale')}-spaced "
+        f"points in [{grid.get('min')}, {grid.get('max')}]"
+        + (f", capped at the common budget {budget.get('radius')} ({budget.get('norm')})" if budget else "")
+        + f"; the quick check uses lr = {measure.get('quick_lr')}. Reference for cosines: `{measure.get('reference')}`.",
+        "",
+        f"Seed {config.get('seed')}; lowbit {meta.get('lowbit')}, commit {meta.get('git_commit')}, torch {meta.get('torch')}, "
+        f"{meta.get('machine')}; started {meta.get('started')}.",
+        "",
+    ]
+    if len(units) < expected:
+        lines += [f"> **Incomplete run**: finish it with `lowbit probe --resume {run_dir}`.", ""]
+    return lines
+
+
+def _estimators(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    return list(dict.fromkeys(r["estimator"] for r in rows if r["estimator"] and r["metric"] != "normalized_difference"))
+
+
+def _table(rows: Sequence[Mapping[str, Any]], metric: str, layer: str = "all") -> str:
+    dims = sorted({r["dim"] for r in rows})
+    selected = [r for r in rows if r["metric"] == metric and r["layer"] == layer]
+    if not selected:
+        return ""
+    by_estimator = group(selected, lambda r: r["estimator"])
+    body = []
+    for estimator in _estimators(rows):
+        if estimator not in by_estimator:
+            continue
+        by_dim = group(by_estimator[estimator], lambda r: r["dim"])
+        cells = [format_mean_se(*mean_se([r["value"] for r in by_dim.get(d, [])])[:2]) for d in dims]
+        body.append([f"`{estimator}`"] + cells)
+    return markdown_table(["estimator"] + [f"dim {d}" for d in dims], body)
+
+
+def _estimator_tables(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> List[str]:
+    lines: List[str] = []
+    base = group([r for r in rows if r["metric"] == "base_loss"], lambda r: r["dim"])
+    if base:
+        lines += [
+            "Loss before the step: "
+            + ", ".join(f"dim {d}: {format_mean_se(*mean_se([r['value'] for r in v])[:2])}" for d, v in sorted(base.items())),
+            "",
+        ]
+    for metric in ("quick_decrease", "best_decrease", "best_lr", "cosine", "step_decrease", "seconds"):
+        table = _table(rows, metric)
+        if table:
+            title = METRIC_TITLES[metric]
+            if metric == "cosine":
+                title += f" (`{config.get('measure', {}).get('reference')}`)"
+            lines += [f"### {title}", "", table, ""]
+    return lines
+
+
+def _layer_cosine_table(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    selected = [r for r in rows if r["metric"] == "cosine" and r["layer"] != "all"]
+    if not selected:
+        return []
+    layers = list(dict.fromkeys(r["layer"] for r in selected))
+    body = []
+    for estimator, items in group(selected, lambda r: r["estimator"]).items():
+        by_layer = group(items, lambda r: r["layer"])
+        body.append([f"`{estimator}`"] + [format_mean_se(*mean_se([r["value"] for r in by_layer.get(l, [])])[:2]) for l in layers])
+    return ["### Cosine with the reference per layer (all dims pooled)", "", markdown_table(["estimator"] + layers, body), ""]
+
+
+def _normalized_difference(rows: Sequence[Mapping[str, Any]], run_dir: Path, suffix: str) -> List[str]:
+    selected = [r for r in rows if r["metric"] == "normalized_difference"]
+    if not selected:
+        return []
+    lines = [
+        "### Normalised difference (L_a − L_b) / L_a of the best losses (positive: b reaches lower loss)",
+        "",
+        _table(selected, "normalized_difference"),
+        "",
+    ]
+    plot = _plot_vs_dim(selected, "normalized_difference", run_dir / "plots" / f"normalized_difference{'_' + suffix if suffix else ''}.png")
+    if plot:
+        lines += [f"![normalised difference](plots/{plot.name})", ""]
+    return lines
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from cycler import cycler
+
+    # 20 distinguishable colours, then line styles: a probe often compares > 10 estimators.
+    colours = plt.get_cmap("tab20").colors
+    plt.rcParams["axes.prop_cycle"] = cycler(color=colours[0::2] + colours[1::2])
+    return plt
+
+
+def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path):
+    curves = [r for r in rows if r["metric"] == "decrease"]
+    if not curves:
+        return None
+    plt = _pyplot()
+    dims = sorted({r["dim"] for r in curves})
+    cols = min(len(dims), 3)
+    nrows = math.ceil(len(dims) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    for ax, dim in zip(axes.flat, dims):
+        for estimator, items in group([r for r in curves if r["dim"] == dim], lambda r: r["estimator"]).items():
+            by_lr = group(items, lambda r: r["lr"])
+            lrs = sorted(by_lr)
+            ax.plot(lrs, [mean_se([r["value"] for r in by_lr[lr]])[0] for lr in lrs], label=estimator)
+        ax.set_xscale("log")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(f"dim {dim}")
+        ax.set_xlabel("lr (step length along the normalised direction)")
+        ax.set_ylabel("loss decrease")
+    for ax in list(axes.flat)[len(dims):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_vs_dim(rows: Sequence[Mapping[str, Any]], metric: str, path: Path):
+    selected = [r for r in rows if r["metric"] == metric and r["layer"] == "all"]
+    if not selected:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for estimator, items in group(selected, lambda r: r["estimator"]).items():
+        by_dim = group(items, lambda r: r["dim"])
+        dims = sorted(by_dim)
+        stats = [mean_se([r["value"] for r in by_dim[d]]) for d in dims]
+        ax.errorbar(dims, [s[0] for s in stats], yerr=[0 if math.isnan(s[1]) else s[1] for s in stats], marker="o", capsize=3, label=estimator)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("dim")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_cosine_by_condition(records: Sequence[Mapping[str, Any]], keys: Sequence[str], path: Path):
+    selected = [r for r in records if r["metric"] == "cosine" and r["layer"] == "all"]
+    if not selected:
+        return None
+    plt = _pyplot()
+    conditions = list(dict.fromkeys(", ".join(f"{k}={r.get(k)}" for k in keys) for r in selected))
+    estimators = list(dict.fromkeys(r["estimator"] for r in selected))
+    width = 0.8 / max(len(estimators), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(conditions)), 4))
+    for i, estimator in enumerate(estimators):
+        means, errors = [], []
+        for c in conditions:
+            values = [r["value"] for r in selected if r["estimator"] == estimator and ", ".join(f"{k}={r.get(k)}" for k in keys) == c]
+            m, se, _ = mean_se(values)
+            means.append(m)
+            errors.append(0 if math.isnan(se) else se)
+        ax.bar([j + i * width for j in range(len(conditions))], means, width, yerr=errors, label=estimator, capsize=2)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(conditions))], conditions, fontsize=8)
+    ax.set_ylabel("cosine with reference")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
