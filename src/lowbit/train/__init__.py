@@ -1,0 +1,61 @@
+"""Training: a flat loop over in-memory image data, schedules, losses, checkpoints, summaries.
+
+    from lowbit.train import TrainConfig, train
+    run_dir = train(TrainConfig())               # the quick digits recipe
+    train(resume=run_dir)                        # continue an interrupted run exactly
+
+See docs/training.md for the recipes in configs/train-*.yaml.
+"""
+
+from __future__ import annotations
+
+from lowbit.train.checkpoint import load_checkpoint, load_matching_weights
+from lowbit.train.config import (
+    AugmentConfig,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    TrainConfig,
+    load_train_config,
+)
+from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, evaluate, train
+from lowbit.train.losses import build_loss, list_losses, register_loss
+from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer
+from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
+from lowbit.train.summary import run_summary, summarize, summary_table, sweep_table, write_train_report
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "build",
+    "build_loss",
+    "build_optimizer",
+    "evaluate",
+    "list_losses",
+    "load_train_config",
+    "list_optimizers",
+    "list_schedules",
+    "load_checkpoint",
+    "load_matching_weights",
+    "make_schedule",
+    "register_loss",
+    "register_optimizer",
+    "register_schedule",
+    "run_summary",
+    "summarize",
+    "summary_table",
+    "sweep_table",
+    "train",
+    "write_train_report",
+]

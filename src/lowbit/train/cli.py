@@ -1,0 +1,72 @@
+"""``lowbit train``: train a zoo model from a YAML recipe plus key=value overrides.
+
+    lowbit train                                   # the built-in digits recipe (TrainConfig())
+    lowbit train configs/train-digits-xnor.yaml
+    lowbit train configs/train-xnor-resnet18-cifar10.yaml model.width=96 optim.weight_decay=1e-5
+    lowbit train --resume runs/lenet5-digits-20240101-120000
+
+Ctrl-C (or SIGTERM) saves a checkpoint at the next step and exits with 130;
+``--resume`` continues it exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML recipe (configs/train-*.yaml); default: the built-in digits recipe",
+    )
+    parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. optim.lr=0.1")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--data-dir", default=None, help="folder with the data archives (default: $LOWBIT_DATA, else ./data)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override run.device")
+    parser.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from lowbit.train.config import load_train_config
+    from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, train
+    from lowbit.train.summary import run_summary, summary_table
+
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path is not None and "=" in config_path and not Path(config_path).exists():
+        overrides.insert(0, config_path)  # `lowbit train optim.lr=0.1`: an override, not a file
+        config_path = None
+    progress = not args.quiet and sys.stderr.isatty()
+    log = None if args.quiet else tqdm.write
+    common = dict(data_dir=args.data_dir, device=args.device, progress=progress, log=log)
+    try:
+        if args.resume:
+            if config_path or overrides:
+                raise ValueError("--resume continues a run with its saved config.yaml; give no config or overrides")
+            run_dir = train(resume=args.resume, **common)
+        else:
+            config = load_train_config(config_path, overrides)
+            run_dir = train(config, runs_dir=args.runs_dir, **common)
+    except TrainingInterrupted as stop:
+        print(
+            f"lowbit train: interrupted; checkpoint saved at epoch {stop.epoch}, step {stop.step}. "
+            f"Continue with: lowbit train --resume {stop.run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    except TrainingDiverged as error:
+        if args.debug:
+            raise
+        print(f"lowbit train: {error}", file=sys.stderr)
+        return 1
+    row = run_summary(run_dir)
+    print(summary_table([row]))
+    print(f"run directory: {run_dir}  (report: {run_dir / 'report.md'})")
+    return 0

@@ -1,0 +1,244 @@
+"""The training recipe: one hyper-parameter table, every default in one place.
+
+``TrainConfig()`` *is* the quick CPU recipe (a float LeNet-5 on the
+scikit-learn digits resized to 32x32, ``configs/train-digits.yaml``; its
+measured accuracy and time are in docs/training.md); every other
+recipe in ``configs/train-*.yaml`` only states what differs from it. Each
+field says its unit and why it has its default. ``__post_init__`` checks reject
+impossible values with the value quoted; ``lowbit.config.load_config`` collects
+them together with unknown keys and wrong types before any work starts.
+
+Names (model, dataset, optimizer, schedule, loss) are plain strings checked
+against their registries when the run is built (``lowbit.train.loop.build``),
+so a newly registered optimizer or model needs no change here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # cifar10 | cifar100 | mnist | digits (scikit-learn, ships with the package)
+    data_dir: Optional[str] = None  # folder with the archives; None: $LOWBIT_DATA, else ./data
+    image_size: Optional[int] = 32  # pixels; None: native. Digits are 8x8; LeNet-5 needs >= 28
+    train_subset: Optional[int] = None  # images; the first N training images only (quick tests); None: all
+    test_subset: Optional[int] = None  # images; the first N test images only; None: all
+    batch_size: int = 64  # images per step; 64 gives 22 steps per epoch on the 1437 digits images
+    eval_batch_size: int = 512  # images per forward pass at evaluation; memory only, does not change results
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.batch_size < 1:
+            errors.append(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.eval_batch_size < 1:
+            errors.append(f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        for name in ("train_subset", "test_subset", "image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                errors.append(f"data.{name} must be >= 1 or null, got {value}")
+        _check(not errors, "; ".join(errors))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet5"  # any name from lowbit.models.list_models(); LeNet-5: 62k parameters, ~12 CPU-s for 20 digits epochs
+    # The keys below are passed to create_model only when set (None = the model's own default),
+    # so a model that does not take one is never handed it by accident.
+    width: Optional[int] = None  # channels of the first stage (resnet18: 64, xnor_resnet18: 64)
+    width_mult: Optional[float] = None  # channel multiplier (resnet9, simp_resnet9: 1.0)
+    act: Optional[str] = None  # float models: relu | gelu | mish | elu | rrelu; xnor_resnet18: the sign quantizer
+    stem: Optional[str] = None  # first conv block: 3x3 | 3x3,3x3 | 3x3,3x3,3x3 | 3x3,5x5 | 7x7 (resnet18/9)
+    max_dropout: Optional[float] = None  # MaxDropout threshold p in [0, 1) (resnet18, resnet9); None: off
+    input_size: Optional[int] = None  # image side the model is built for (lenet5: 28 | 32, default 32)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # any other create_model keyword
+    channels_last: bool = False  # NHWC memory layout; faster convolutions on recent GPUs
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.width is not None and self.width < 1:
+            errors.append(f"model.width must be >= 1, got {self.width}")
+        if self.width_mult is not None and self.width_mult <= 0:
+            errors.append(f"model.width_mult must be > 0, got {self.width_mult}")
+        if self.max_dropout is not None and not 0.0 <= self.max_dropout < 1.0:
+            errors.append(f"model.max_dropout must be in [0, 1), got {self.max_dropout}")
+        _check(not errors, "; ".join(errors))
+
+    def create_kwargs(self) -> Dict[str, Any]:
+        """The keywords for ``create_model`` (the fields that are set, then ``kwargs``)."""
+        named = {k: getattr(self, k) for k in ("width", "width_mult", "act", "stem", "max_dropout", "input_size")}
+        return {**{k: v for k, v in named.items() if v is not None}, **self.kwargs}
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw | any name added with register_optimizer
+    lr: float = 0.05  # peak learning rate (after warm-up); LeNet-5 (no BatchNorm) on digits: 0.1 is less stable
+    momentum: float = 0.9  # SGD momentum; 0.9 as in the notes' CIFAR-10 recipes
+    nesterov: bool = False  # SGD Nesterov momentum
+    weight_decay: float = 5e-4  # L2 coefficient on every parameter (PyTorch convention; decoupled for adamw)
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW moment decays
+    eps: float = 1e-8  # Adam/AdamW denominator floor
+    grad_clip: Optional[float] = None  # max global gradient L2 norm; None: no clipping
+    extra: Dict[str, Any] = field(default_factory=dict)  # keywords for other registered optimizers (e.g. kappa, mu)
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            errors.append(f"optim.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            errors.append(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            errors.append(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            errors.append(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.eps <= 0:
+            errors.append(f"optim.eps must be > 0, got {self.eps}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            errors.append(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.nesterov and self.momentum == 0:
+            errors.append("optim.nesterov=true needs optim.momentum > 0, got 0")
+        _check(not errors, "; ".join(errors))
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | cyclic | onecycle | step | constant (learning rate per step)
+    warmup_epochs: float = 1.0  # epochs of linear warm-up from lr/W to lr (all schedules); 1: no early loss spike
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of optim.lr; cyclic: the cycle's lower lr
+    cycles: int = 1  # cyclic: number of triangles (up then down) over the run after warm-up
+    pct_start: float = 0.3  # onecycle: fraction of the steps spent rising (torch OneCycleLR default)
+    div_factor: float = 25.0  # onecycle: initial lr = lr / div_factor (torch default)
+    final_div_factor: float = 1e4  # onecycle: final lr = initial lr / final_div_factor (torch default)
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step: when to decay, as fractions of the epochs
+    gamma: float = 0.1  # step: lr factor at each milestone
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.warmup_epochs < 0:
+            errors.append(f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            errors.append(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.cycles < 1:
+            errors.append(f"schedule.cycles must be >= 1, got {self.cycles}")
+        if not 0.0 < self.pct_start < 1.0:
+            errors.append(f"schedule.pct_start must be in (0, 1), got {self.pct_start}")
+        if self.div_factor <= 0 or self.final_div_factor <= 0:
+            errors.append(
+                f"schedule.div_factor and final_div_factor must be > 0, got {self.div_factor}, {self.final_div_factor}"
+            )
+        if any(not 0.0 < m < 1.0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            errors.append(f"schedule.milestones must be increasing fractions in (0, 1), got {self.milestones}")
+        if self.gamma <= 0:
+            errors.append(f"schedule.gamma must be > 0, got {self.gamma}")
+        _check(not errors, "; ".join(errors))
+
+
+@dataclass
+class LossConfig:
+    name: str = "cross_entropy"  # cross_entropy | smooth_l1 | bce (the last two on one-hot targets)
+    label_smoothing: float = 0.1  # epsilon: targets (1 - eps) onehot + eps / K; 0.1 gave LeNet-5 +1.5% on digits
+    smooth_l1_beta: float = 1.0  # smooth_l1: the |x| below which the loss is quadratic (torch default)
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not 0.0 <= self.label_smoothing < 1.0:
+            errors.append(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.smooth_l1_beta < 0:
+            errors.append(f"loss.smooth_l1_beta must be >= 0, got {self.smooth_l1_beta}")
+        _check(not errors, "; ".join(errors))
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 2  # pixels; random-crop padding (4 is the CIFAR standard; 2 on digits at 32x32 = 1/2 original pixel)
+    pad_mode: Literal["zeros", "reflect"] = "zeros"  # how the crop padding is filled
+    flip: bool = False  # random horizontal flip; off for digits (a mirrored 2 is not a 2), on for CIFAR
+    erasing: Optional[Dict[str, Any]] = None  # random erasing {p, scale, ratio, value}; None: off
+    cutout: Optional[int] = None  # pixels; side of a cutout square; None: off
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing; 0: off (alpha = 0.2..1 is usual)
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.crop_padding < 0:
+            errors.append(f"augment.crop_padding must be >= 0, got {self.crop_padding}")
+        if self.cutout is not None and self.cutout < 1:
+            errors.append(f"augment.cutout must be >= 1 or null, got {self.cutout}")
+        if self.mixup_alpha < 0:
+            errors.append(f"augment.mixup_alpha must be >= 0, got {self.mixup_alpha}")
+        if self.erasing is not None:
+            unknown = sorted(set(self.erasing) - {"p", "scale", "ratio", "value"})
+            if unknown:
+                errors.append(f"augment.erasing has unknown keys {unknown}; valid: p, scale, ratio, value")
+        _check(not errors, "; ".join(errors))
+
+
+@dataclass
+class RunConfig:
+    name: Optional[str] = None  # run folder prefix; None: "<model>-<dataset>"
+    epochs: int = 20  # passes over the training set; LeNet-5 on digits plateaus at ~99% by epoch 16-20
+    seed: int = 0  # seeds model init, data order and augmentation; same seed -> same numbers
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA (weights and optimizer stay fp32)
+    deterministic: bool = True  # torch.use_deterministic_algorithms; exact resume and repeatable runs
+    threads: Optional[int] = None  # CPU threads for torch ops; None: torch's default (all cores). 1 is far
+    # faster for small models on a CPU shared with other jobs (idle threads spin-wait for busy ones)
+    init_from: Optional[str] = None  # checkpoint (e.g. RUN_DIR/checkpoints/last.pt) whose matching weights start the model
+    summary_last_n: int = 10  # epochs averaged in the summary table ("mean of the last 10 epochs", notes 2021-04-30)
+    tensorboard: bool = True  # also write TensorBoard scalars when torch.utils.tensorboard imports
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.epochs < 1:
+            errors.append(f"run.epochs must be >= 1, got {self.epochs}")
+        if self.threads is not None and self.threads < 1:
+            errors.append(f"run.threads must be >= 1 or null, got {self.threads}")
+        if self.summary_last_n < 1:
+            errors.append(f"run.summary_last_n must be >= 1, got {self.summary_last_n}")
+        _check(not errors, "; ".join(errors))
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    # low-bit training: {w_bits, a_bits, g_bits, e_bits, ...} for lowbit.nn.apply_quant_config, applied
+    # to the model before the optimizer is built (docs/lowbit-training.md); None: the model as built
+    quant: Optional[Dict[str, Any]] = None
+
+    def __post_init__(self) -> None:
+        # options that only make sense together, reported together
+        errors = []
+        if self.run.precision == "bf16" and self.run.device != "cuda":
+            errors.append(f"run.precision=bf16 is an autocast option for run.device=cuda, got device {self.run.device!r}")
+        _check(not errors, "; ".join(errors))
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name or f"{self.model.name}-{self.data.dataset}"
+
+
+def load_train_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A recipe file plus ``key=value`` overrides; without a file, the overrides apply to ``TrainConfig()``.
+
+    With a file, each section the file gives is built from the file's keys and
+    the section's own defaults (so ``model: {name: resnet18}`` does not inherit
+    the digits recipe's ``width_mult``).
+    """
+    from lowbit.config import load_config, to_dict
+
+    return load_config(TrainConfig, path, overrides, base=None if path is not None else to_dict(TrainConfig()))

@@ -1,0 +1,603 @@
+"""The training loop: config -> data + model -> per-epoch metrics and checkpoints.
+
+``train(config)`` reads top to bottom (nanoGPT / airbench style):
+
+1. **build** everything from the config: data (uint8 tensors in memory), model,
+   optimizer, loss, schedule. Every bad name or missing file is reported here,
+   before a run directory exists or a step is taken.
+2. **loop** over epochs: a permutation of the training set from a seeded
+   ``torch.Generator``; per batch, ``BatchAugment`` (and mixup), forward, loss,
+   backward, gradient clipping, ``lr = lr_at(step)``, optimizer step.
+3. **per epoch**: evaluate on the test split, append a row to ``metrics.csv``
+   (and TensorBoard when available), save ``checkpoints/last.pt`` atomically.
+4. **at the end**: ``report.md`` and plots (``lowbit.train.summary``).
+
+Exact resume. SIGINT / SIGTERM set a flag; at the next step boundary the loop
+saves a mid-epoch checkpoint (weights, optimizer, step, the epoch's permutation
+and position, the running sums, every RNG state) and raises
+:class:`TrainingInterrupted`. ``train(resume=run_dir)`` continues from it and
+ends with the same weights and metrics, bit for bit, as a run that was never
+interrupted (same machine and thread count; deterministic algorithms on).
+A second SIGINT stops at once, keeping the previous checkpoint.
+
+Randomness, each from its own seeded source so resuming restores it exactly:
+model init (torch global RNG seeded with ``seed``), data order (``seed``),
+augmentation and mixup (``seed + 1``), layers' own noise such as RReLU
+(torch global RNG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowbit.config import load_config, to_dict
+from lowbit.runs import RecordWriter, atomic_write_text, create_run_dir, write_run_files
+from lowbit.train.checkpoint import (
+    capture_rng,
+    checkpoint_path,
+    load_checkpoint,
+    load_matching_weights,
+    restore_rng,
+    save_checkpoint,
+)
+from lowbit.train.config import TrainConfig
+from lowbit.train.losses import LOSSES, LossFn, build_loss
+from lowbit.train.optim import OPTIMIZERS, build_optimizer
+from lowbit.train.schedules import SCHEDULES, make_schedule
+
+PathLike = Union[str, Path]
+
+# Test hook: the process sends itself a real SIGINT right after this optimizer step
+# (global count, from 1). Lets the tests interrupt mid-epoch at a known point.
+INTERRUPT_ENV = "LOWBIT_TEST_INTERRUPT_AT_STEP"
+METRICS_FILE = "metrics.csv"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM: a checkpoint was saved at a step boundary; ``train(resume=run_dir)`` continues."""
+
+    def __init__(self, run_dir: Path, epoch: int, step: int):
+        super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved in {run_dir}")
+        self.run_dir, self.epoch, self.step = run_dir, epoch, step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+    def __init__(self, message: str, run_dir: Path):
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+@dataclass
+class Setup:
+    """Everything ``build`` makes from a config, before any training step."""
+
+    config: TrainConfig
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    lr_at: Callable[[int], float]
+    train_images: torch.Tensor  # (N, C, H, W) uint8, on device
+    train_labels: torch.Tensor  # (N,) int64, on device
+    test_images: torch.Tensor  # (M, C, H, W) uint8, on device
+    test_labels: torch.Tensor  # (M,) int64, on device
+    num_classes: int
+    mean: tuple
+    std: tuple
+    augment: Any  # lowbit.data.BatchAugment
+    steps_per_epoch: int
+    total_steps: int
+    num_params: int
+    init_info: Optional[Dict[str, list]] = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"run.device='cuda' but no CUDA device is available (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda}); use --device cpu"
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
+    return torch.device(name)
+
+
+def check_names(config: TrainConfig) -> None:
+    """Every registry name in the config at once, so all typos are reported together."""
+    from lowbit.data import list_datasets
+    from lowbit.models import list_models
+    from lowbit.registry import unknown_name_message
+    checks = [
+        ("model", config.model.name, list_models()),
+        ("dataset", config.data.dataset, list_datasets()),
+        ("optimizer", config.optim.name, OPTIMIZERS.names()),
+        ("schedule", config.schedule.name, SCHEDULES.names()),
+        ("loss", config.loss.name, LOSSES.names()),
+    ]
+    errors = [unknown_name_message(kind, name, valid) for kind, name, valid in checks if name not in valid]
+    if errors:
+        raise ValueError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
+    """For sparsity-tracking optimizers (DessiLBI): the fraction of zero Γ per layer, and overall.
+
+    Columns ``gamma_sparsity/<layer>`` and ``gamma_sparsity`` (zero Γ entries over all
+    registered entries) of metrics.csv: the epoch-by-epoch sparsity path.
+    """
+    if not hasattr(optimizer, "named_gammas"):
+        return {}
+    columns = {f"gamma_sparsity/{name}": value for name, value in optimizer.sparsity(by="entry").items()}
+    zeros = total = 0
+    for _, _, gamma in optimizer.named_gammas():
+        zeros += int((gamma == 0).sum())
+        total += gamma.numel()
+    columns["gamma_sparsity"] = zeros / total if total else float("nan")
+    return columns
+
+
+def build(config: TrainConfig, device: torch.device) -> Setup:
+    """Data, model, optimizer, loss and schedule from ``config``; raises on any bad input."""
+    from lowbit.data import BatchAugment, load_dataset
+    from lowbit.models import create_model
+
+    check_names(config)
+    d = config.data
+    train_set = load_dataset(d.dataset, "train", data_dir=d.data_dir, image_size=d.image_size)
+    test_set = load_dataset(d.dataset, "test", data_dir=d.data_dir, image_size=d.image_size)
+    if d.train_subset is not None:
+        train_set = train_set.subset(slice(0, d.train_subset))
+    if d.test_subset is not None:
+        test_set = test_set.subset(slice(0, d.test_subset))
+
+    torch.manual_seed(config.run.seed)  # the model's initial weights
+    model = create_model(
+        config.model.name,
+        num_classes=train_set.num_classes,
+        in_channels=train_set.images.shape[1],
+        **config.model.create_kwargs(),
+    )
+    if config.quant:
+        from lowbit.nn import apply_quant_config
+
+        model = apply_quant_config(model, config.quant)
+    init_info = load_matching_weights(model, config.run.init_from) if config.run.init_from else None
+    model = model.to(device)
+    if config.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model.parameters(), config.optim, model=model)
+    loss_fn = build_loss(config.loss)
+
+    a = config.augment
+    augment = BatchAugment(
+        crop_padding=a.crop_padding,
+        pad_mode=a.pad_mode,
+        flip=a.flip,
+        erasing=a.erasing,
+        cutout=a.cutout,
+        mean=train_set.mean,
+        std=train_set.std,
+    )
+    # Drop the last partial batch (a batch of 1 breaks BatchNorm); a set smaller than one batch is one step.
+    steps_per_epoch = max(1, len(train_set) // d.batch_size)
+    total_steps = steps_per_epoch * config.run.epochs
+    lr_at = make_schedule(config.schedule, config.optim.lr, total_steps, steps_per_epoch)
+    return Setup(
+        config=config,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        lr_at=lr_at,
+        train_images=train_set.images.to(device),
+        train_labels=train_set.labels.to(device),
+        test_images=test_set.images.to(device),
+        test_labels=test_set.labels.to(device),
+        num_classes=train_set.num_classes,
+        mean=train_set.mean,
+        std=train_set.std,
+        augment=augment,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        num_params=sum(p.numel() for p in model.parameters()),
+        init_info=init_info,
+    )
+
+
+@torch.no_grad()
+def evaluate(setup: Setup, autocast: Any = contextlib.nullcontext) -> tuple[float, float]:
+    """Mean loss and accuracy of ``setup.model`` on the test split (eval mode, no augmentation)."""
+    from lowbit.data import normalize
+
+    model, cfg = setup.model, setup.config
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for start in range(0, setup.test_images.shape[0], cfg.data.eval_batch_size):
+        x = normalize(setup.test_images[start : start + cfg.data.eval_batch_size], setup.mean, setup.std)
+        y = setup.test_labels[start : start + cfg.data.eval_batch_size]
+        if cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)  # (B, K)
+            loss = setup.loss_fn(logits.float(), y)
+        loss_sum += float(loss) * y.shape[0]
+        correct += int((logits.argmax(1) == y).sum())
+        count += y.shape[0]
+    return loss_sum / count, correct / count
+
+
+class _StopFlag:
+    """Signal handler: the first SIGINT/SIGTERM asks for a stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, the previous checkpoint stays
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _handle_signals(flag: _StopFlag):
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _set_deterministic(mode: bool, warn_only: bool) -> None:
+    # torch.use_deterministic_algorithms also sets the inductor compiler's flag, importing the whole
+    # compiler stack (1-2 s, 20 s on a loaded machine). This loop never compiles, so set the ATen flag
+    # directly unless the compiler is already loaded.
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]):
+    """``torch.set_num_threads(n)`` inside the block (None: unchanged); restored after."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """Deterministic algorithms inside the block (warn, not fail, where an op has none); restored after."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    _set_deterministic(enabled, warn_only=True)
+    try:
+        yield
+    finally:
+        _set_deterministic(*previous)
+
+
+def _rewrite_metrics(path: Path, rows: List[Dict[str, Any]]) -> None:
+    """Replace metrics.csv by exactly ``rows`` (on resume: drop rows newer than the checkpoint)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    if rows:
+        RecordWriter(tmp).write_many(rows)
+        os.replace(tmp, path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _tensorboard(run_dir: Path, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: skip silently
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _with(config: TrainConfig, data_dir: Optional[str], device: Optional[str]) -> TrainConfig:
+    """``config`` with the command line's --data-dir / --device applied."""
+    if data_dir is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(data_dir)))
+    if device is not None:
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, device=device))
+    return config
+
+
+def train(
+    config: Optional[TrainConfig] = None,
+    run_dir: Optional[PathLike] = None,
+    resume: Optional[PathLike] = None,
+    *,
+    runs_dir: PathLike = "runs",
+    data_dir: Optional[str] = None,
+    device: Optional[str] = None,
+    progress: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+) -> Path:
+    """Train ``config`` (default: ``TrainConfig()``, the digits recipe); return the run directory.
+
+    Args:
+        config: the recipe; ignored parts take their defaults. Not allowed with ``resume``.
+        run_dir: where to write (created; must hold no checkpoint). Default:
+            ``runs_dir/<run name>-<time>``.
+        resume: a run directory to continue from its ``checkpoints/last.pt``
+            with its saved ``config.yaml``; a finished run only gets its report rebuilt.
+        data_dir, device: override ``data.data_dir`` / ``run.device`` (the CLI flags).
+        progress: show a tqdm bar per epoch.
+        log: called with a start line and one line per epoch (the CLI passes ``tqdm.write``).
+
+    Raises:
+        ValueError / FileNotFoundError / KeyError: bad config, names or data, before training.
+        TrainingInterrupted: SIGINT/SIGTERM; a resumable checkpoint was saved.
+        TrainingDiverged: NaN/Inf loss; the last good checkpoint was kept.
+    """
+    from tqdm.auto import tqdm
+
+    from lowbit.data import mixup
+    from lowbit.train.summary import write_train_report
+
+    state: Optional[Dict[str, Any]] = None
+    if resume is not None:
+        if config is not None or run_dir is not None:
+            raise ValueError("resume continues a run with its saved config.yaml; do not pass config or run_dir too")
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume {str(run_dir)!r}: no config.yaml there; is it a training run directory?")
+        config = load_config(TrainConfig, run_dir / "config.yaml")
+        state = load_checkpoint(checkpoint_path(run_dir))
+    config = _with(config or TrainConfig(), data_dir, device)
+    dev = resolve_device(config.run.device)
+    if state is not None and state.get("complete"):
+        write_train_report(run_dir)
+        return Path(run_dir)
+
+    cfg = config
+    if dev.type == "cuda" and cfg.run.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; must be set before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    with _deterministic(cfg.run.deterministic), _threads(cfg.run.threads):
+        random.seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed % 2**32)
+        setup = build(cfg, dev)  # raises on any bad input, before anything is written
+        model, optimizer = setup.model, setup.optimizer
+        data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
+        aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
+        generators = {"data": data_gen, "augment": aug_gen}
+
+        # ---- the run directory
+        if state is None:
+            if run_dir is None:
+                run_dir = create_run_dir(cfg.run_name, runs_dir)
+            else:
+                run_dir = Path(run_dir)
+                if checkpoint_path(run_dir).exists():
+                    raise ValueError(f"{str(run_dir)!r} already holds a checkpoint; resume it or choose another run_dir")
+                (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+            write_run_files(run_dir, cfg)
+            _write_model_info(run_dir, setup)
+            if setup.init_info is not None:
+                import yaml
+
+                (run_dir / "init_from.yaml").write_text(yaml.safe_dump({"init_from": cfg.run.init_from, **setup.init_info}))
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        run_dir = Path(run_dir)
+        ckpt_file = checkpoint_path(run_dir)
+        if log is not None:
+            log(
+                f"{'resuming' if state else 'run'} {run_dir}: {cfg.model.name} ({setup.num_params:,} parameters) on "
+                f"{cfg.data.dataset} ({setup.train_images.shape[0]} train / {setup.test_images.shape[0]} test images), "
+                f"{cfg.run.epochs} epochs x {setup.steps_per_epoch} steps, {dev.type}"
+            )
+
+        # ---- where to start: fresh, or exactly where the checkpoint left off
+        step, start_epoch, position = 0, 0, 0
+        perm: Optional[torch.Tensor] = None
+        sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+        history: List[Dict[str, Any]] = []
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, start_epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
+            perm = state["perm"].to(dev) if state["perm"] is not None else None
+            sums = dict(state["epoch_sums"])
+            history = list(state["metrics"])
+            restore_rng(state["rng"], generators)
+            _rewrite_metrics(run_dir / METRICS_FILE, history)
+        metrics_writer = RecordWriter(run_dir / METRICS_FILE)
+        board = _tensorboard(run_dir, cfg.run.tensorboard)
+
+        def checkpoint(epoch: int, position: int, perm: Optional[torch.Tensor], complete: bool = False) -> None:
+            save_checkpoint(
+                ckpt_file,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "position": position,
+                    "perm": perm,
+                    "epoch_sums": dict(sums),
+                    "rng": capture_rng(generators),
+                    "metrics": history,
+                    "complete": complete,
+                    "num_params": setup.num_params,
+                    "config": to_dict(cfg),
+                },
+            )
+
+        interrupt_at = int(os.environ[INTERRUPT_ENV]) if os.environ.get(INTERRUPT_ENV) else None
+        bf16 = cfg.run.precision == "bf16"
+        autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        n_train, batch = setup.train_images.shape[0], cfg.data.batch_size
+        stop = _StopFlag()
+        try:
+            with _handle_signals(stop):
+                for epoch in range(start_epoch, cfg.run.epochs):
+                    if perm is None:  # a new epoch (not one resumed mid-way)
+                        perm = torch.randperm(n_train, generator=data_gen).to(dev)  # (N,)
+                        position = 0
+                        sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+                    model.train()
+                    t0 = time.perf_counter()
+                    bar = tqdm(
+                        total=setup.steps_per_epoch,
+                        initial=position,
+                        desc=f"epoch {epoch + 1}/{cfg.run.epochs}",
+                        disable=not progress,
+                        leave=False,
+                        dynamic_ncols=True,
+                    )
+                    for i in range(position, setup.steps_per_epoch):
+                        idx = perm[i * batch : (i + 1) * batch]  # (B,)
+                        x = setup.augment(setup.train_images[idx], generator=aug_gen)  # (B, C, H, W) float32
+                        y = setup.train_labels[idx]  # (B,)
+                        target: torch.Tensor = y
+                        if cfg.augment.mixup_alpha > 0:
+                            x, target = mixup(x, y, setup.num_classes, cfg.augment.mixup_alpha, generator=aug_gen)
+                        if cfg.model.channels_last:
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        lr = setup.lr_at(step)
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
+
+                        with autocast():
+                            logits = model(x)  # (B, K)
+                            loss = setup.loss_fn(logits.float(), target)
+                        if not torch.isfinite(loss):
+                            raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, ckpt_file), run_dir)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if cfg.optim.grad_clip is not None:
+                            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                        optimizer.step()
+                        step += 1
+
+                        sums["loss"] += loss.item() * y.shape[0]
+                        sums["correct"] += int((logits.detach().argmax(1) == y).sum())
+                        sums["count"] += y.shape[0]
+                        bar.update(1)
+                        if progress and (i % 10 == 0):
+                            bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.4f}", lr=f"{lr:.3g}")
+                        if interrupt_at is not None and step == interrupt_at:
+                            signal.raise_signal(signal.SIGINT)  # the handler runs before raise_signal returns
+                        if stop.signum is not None:  # mid-epoch checkpoint, then stop
+                            sums["seconds"] += time.perf_counter() - t0
+                            bar.close()
+                            checkpoint(epoch, i + 1, perm)
+                            raise TrainingInterrupted(run_dir, epoch + 1, step)
+                    bar.close()
+
+                    test_loss, test_acc = evaluate(setup, autocast)
+                    sums["seconds"] += time.perf_counter() - t0
+                    record = {
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "lr": setup.lr_at(step - 1),
+                        "train_loss": sums["loss"] / sums["count"],
+                        "train_acc": sums["correct"] / sums["count"],
+                        "test_loss": test_loss,
+                        "test_acc": test_acc,
+                        "seconds": sums["seconds"],
+                        **_sparsity_columns(setup.optimizer),
+                    }
+                    history.append(record)
+                    metrics_writer.write(record)
+                    if board is not None:
+                        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
+                            board.add_scalar(key, record[key], epoch + 1)
+                    if log is not None:
+                        log(_epoch_line(record, cfg.run.epochs))
+                    perm, position = None, 0
+                    checkpoint(epoch + 1, 0, None, complete=epoch + 1 == cfg.run.epochs)
+                    if stop.signum is not None and epoch + 1 < cfg.run.epochs:
+                        raise TrainingInterrupted(run_dir, epoch + 2, step)
+        except (TrainingInterrupted, TrainingDiverged):
+            if history:  # a report of what the run has so far
+                with contextlib.suppress(Exception):
+                    write_train_report(run_dir)
+            raise
+        finally:
+            if board is not None:
+                board.close()
+    write_train_report(run_dir)
+    return run_dir
+
+
+def _write_model_info(run_dir: Path, setup: Setup) -> None:
+    """``model.yaml``: what the summary table needs without rebuilding the model."""
+    import yaml
+
+    info = {
+        "name": setup.config.model.name,
+        "num_params": setup.num_params,
+        "param_bytes": sum(p.numel() * p.element_size() for p in setup.model.parameters()),
+        "in_channels": int(setup.train_images.shape[1]),
+        "num_classes": setup.num_classes,
+        "image_shape": list(setup.train_images.shape[1:]),
+        "train_images": int(setup.train_images.shape[0]),
+        "test_images": int(setup.test_images.shape[0]),
+        "steps_per_epoch": setup.steps_per_epoch,
+    }
+    atomic_write_text(run_dir / "model.yaml", yaml.safe_dump(info, sort_keys=False))
+
+
+def _epoch_line(r: Dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {r['epoch']:>3}/{epochs}  lr {r['lr']:.3g}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}"
+        f"  test loss {r['test_loss']:.4f} acc {r['test_acc']:.4f}  {r['seconds']:.1f}s"
+    )
+
+
+def _divergence_message(value: float, epoch: int, i: int, step: int, cfg: TrainConfig, ckpt: Path) -> str:
+    kept = f"the last good checkpoint {str(ckpt)!r} is kept" if ckpt.exists() else "no checkpoint was written yet"
+    clip = (
+        f"lower optim.grad_clip (now {cfg.optim.grad_clip})"
+        if cfg.optim.grad_clip
+        else "set optim.grad_clip (e.g. optim.grad_clip=1.0)"
+    )
+    return (
+        f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (batch {i + 1} of the epoch); "
+        f"stopped without saving, {kept}. Likely fix: lower the learning rate (optim.lr={cfg.optim.lr:g}; "
+        f"try {cfg.optim.lr / 10:g}), {clip}, or add warm-up (schedule.warmup_epochs=1)."
+    )
+
+
+__all__ = [
+    "Setup",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "build",
+    "check_names",
+    "evaluate",
+    "resolve_device",
+    "train",
+]
