@@ -81,3 +81,11 @@ def test_override_syntax_errors():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_empty_mapping_override_replaces(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("extra: {a: 1}\n")
+    assert load_config(Outer, path).extra == {"a": 1}
+    assert load_config(Outer, path, ["extra={}"]).extra == {}
+    assert load_config(Outer, path, ["extra.b=2"]).extra == {"a": 1, "b": 2}

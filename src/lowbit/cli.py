@@ -13,6 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 import lowbit
+from lowbit.cli_args import IntermixedParser
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Toolkit for binary and low-bit neural network research.",
     )
     parser.add_argument("--version", action="version", version=f"lowbit {lowbit.__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(_module=module_name)

@@ -81,10 +81,14 @@ def _fix_yaml_floats(value: Any) -> Any:
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base`` (dicts merge, other values replace)."""
+    """Recursively merge ``update`` into a copy of ``base``.
+
+    Non-empty mappings merge; any other value, an empty mapping ``{}`` included,
+    replaces (so ``optim.extra={}`` clears the extras of the file).
+    """
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+        if isinstance(value, Mapping) and value and isinstance(merged.get(key), Mapping):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from lowbit.cli_args import split_config_and_overrides
 from lowbit.config import load_config
 
 
@@ -25,22 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
-def _split_config_and_overrides(args: argparse.Namespace):
-    """argparse puts a first ``key=value`` into ``config``; move it back to the overrides."""
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not Path(config).exists():
-        overrides.insert(0, config)
-        config = None
-    return config, overrides
-
-
 def run(args: argparse.Namespace) -> int:
     from lowbit.probe.config import ProbeConfig
     from lowbit.probe.runner import prepare, run_grid
     from lowbit.report import write_probe_report
     from lowbit.runs import create_run_dir, write_run_files
 
-    config_path, overrides = _split_config_and_overrides(args)
+    config_path, overrides = split_config_and_overrides(args.config, args.overrides)
     if args.resume:
         if config_path or overrides:
             raise ValueError("--resume takes the run's own config.yaml: give no config file or overrides with it")

@@ -7,10 +7,14 @@ __all__ = ["write_probe_report", "markdown_table", "mean_se", "write_report"]
 
 
 def write_report(run_dir):
-    """Rebuild the report of any run directory: probe runs have records.csv, training runs metrics.csv."""
+    """Rebuild the report of any run directory: probe, training or analysis run."""
     from pathlib import Path
 
     run_dir = Path(run_dir)
+    from lowbit.analysis import is_analysis_run, write_analysis_report
+
+    if is_analysis_run(run_dir):
+        return write_analysis_report(run_dir)
     if (run_dir / "records.csv").exists():
         return write_probe_report(run_dir)
     if (run_dir / "metrics.csv").exists():
@@ -18,5 +22,6 @@ def write_report(run_dir):
 
         return write_train_report(run_dir)
     raise FileNotFoundError(
-        f"{str(run_dir)!r} is not a lowbit run directory: it has neither records.csv (probe) nor metrics.csv (train)"
+        f"{str(run_dir)!r} is not a lowbit run directory: it has neither records.csv (probe), "
+        "metrics.csv (train) nor analysis records"
     )

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from lowbit.cli_args import split_config_and_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,10 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, train
     from lowbit.train.summary import run_summary, summary_table
 
-    config_path, overrides = args.config, list(args.overrides)
-    if config_path is not None and "=" in config_path and not Path(config_path).exists():
-        overrides.insert(0, config_path)  # `lowbit train optim.lr=0.1`: an override, not a file
-        config_path = None
+    config_path, overrides = split_config_and_overrides(args.config, args.overrides)
     progress = not args.quiet and sys.stderr.isatty()
     log = None if args.quiet else tqdm.write
     common = dict(data_dir=args.data_dir, device=args.device, progress=progress, log=log)

@@ -1,0 +1,36 @@
+"""Argument-parsing helpers shared by the ``lowbit`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` overrides follow the options (``CONFIG --runs-dir X seed=3``).
+
+    Plain argparse binds positionals in one contiguous run, so an override after
+    ``--runs-dir X`` would be "unrecognized"; ``parse_known_intermixed_args``
+    collects them wherever they are. (It calls ``parse_known_args`` itself, hence the guard.)
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def split_config_and_overrides(config: Optional[str], overrides: List[str]) -> Tuple[Optional[str], List[str]]:
+    """argparse puts a first ``key=value`` into the config slot; move it back to the overrides."""
+    overrides = list(overrides)
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides.insert(0, config)
+        config = None
+    return config, overrides
