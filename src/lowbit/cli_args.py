@@ -18,7 +18,8 @@ class IntermixedParser(argparse.ArgumentParser):
     _intermixing = False
 
     def parse_known_args(self, args=None, namespace=None):
-        if self._intermixing:
+        has_subcommands = any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._get_positional_actions())
+        if self._intermixing or has_subcommands:  # intermixing cannot handle a level that has subcommands
             return super().parse_known_args(args, namespace)
         self._intermixing = True
         try:
