@@ -45,8 +45,10 @@ class TaskConfig:
 class LrGridConfig:
     """The line search: ΔL(lr) = L(w) − L(w − lr·ĝ) on ``num`` lrs in [min, max]."""
 
-    min: float = 1e-4
-    max: float = 1.0  # with a unit-norm direction, lr is the distance moved (the notes' budget: 0.1)
+    min: float = 1e-3
+    # With a unit-norm direction lr is the distance moved; ‖w‖ of the toy is about √dim, so
+    # up to 10 shows where every curve turns over (the notes' budget: 0.1, see budget:).
+    max: float = 10.0
     num: int = 1000  # the notes scanned 1e-5..1e-1 at 1e-5 (10^4 points): set num=10000, scale=linear
     scale: Literal["log", "linear"] = "log"
 

@@ -185,10 +185,15 @@ def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path):
     nrows = math.ceil(len(dims) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
     for ax, dim in zip(axes.flat, dims):
+        top = 0.0
         for estimator, items in group([r for r in curves if r["dim"] == dim], lambda r: r["estimator"]).items():
             by_lr = group(items, lambda r: r["lr"])
             lrs = sorted(by_lr)
-            ax.plot(lrs, [mean_se([r["value"] for r in by_lr[lr]])[0] for lr in lrs], label=estimator)
+            means = [mean_se([r["value"] for r in by_lr[lr]])[0] for lr in lrs]
+            top = max([top] + [m for m in means if math.isfinite(m)])
+            ax.plot(lrs, means, label=estimator)
+        if top > 0:  # past the best lr the loss explodes; keep the informative part in view
+            ax.set_ylim(bottom=-0.5 * top, top=1.1 * top)
         ax.set_xscale("log")
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_title(f"dim {dim}")
