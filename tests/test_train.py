@@ -451,3 +451,24 @@ def test_init_from_loads_matching_tensors_and_skips_a_different_head(tmp_path):
     assert torch.equal(model.conv1.weight, pretrained.conv1.weight)
     with pytest.raises(FileNotFoundError):
         load_matching_weights(model, tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------- DessiLBI through the config
+
+
+def test_dessilbi_from_config_records_the_sparsity_path(tmp_path):
+    config = tiny_config(**{"optim.name": "dessilbi", "optim.lr": 0.02, "optim.weight_decay": 0.0})
+    config.optim.extra = {"kappa": 1.0, "mu": 5.0}
+    run_dir = train(config, run_dir=tmp_path / "run")
+    rows = read_records(run_dir / "metrics.csv")
+    assert len(rows) == 2
+    for row in rows:
+        assert 0.0 <= row["gamma_sparsity"] <= 1.0 and row["residue"] >= 0.0
+        assert 0.0 <= row["gamma_sparsity/conv1.weight"] <= 1.0
+    # Γ is optimizer state, so the checkpoint (and resume) carries it.
+    optimizer_state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["optimizer"]["state"]
+    assert any("gamma" in per_param for per_param in optimizer_state.values())
+    with pytest.raises(ValueError, match="does not fit DessiLBI"):
+        bad = tiny_config(**{"optim.name": "dessilbi"})
+        bad.optim.extra = {"kapa": 1.0}
+        train(bad, run_dir=tmp_path / "bad")

@@ -137,8 +137,8 @@ def check_names(config: TrainConfig) -> None:
 def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
     """For sparsity-tracking optimizers (DessiLBI): the fraction of zero Γ per layer, and overall.
 
-    Columns ``gamma_sparsity/<layer>`` and ``gamma_sparsity`` (zero Γ entries over all
-    registered entries) of metrics.csv: the epoch-by-epoch sparsity path.
+    Columns ``gamma_sparsity/<layer>``, ``gamma_sparsity`` (zero Γ entries over all
+    registered entries) and ``residue`` of metrics.csv: the epoch-by-epoch sparsity path.
     """
     if not hasattr(optimizer, "named_gammas"):
         return {}
@@ -148,6 +148,7 @@ def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
         zeros += int((gamma == 0).sum())
         total += gamma.numel()
     columns["gamma_sparsity"] = zeros / total if total else float("nan")
+    columns["residue"] = sum(optimizer.residue().values())  # Σ_l ‖W_l − Γ_l‖² / 2μ
     return columns
 
 
