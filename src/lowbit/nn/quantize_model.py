@@ -26,41 +26,13 @@ import torch
 from torch import nn
 
 from lowbit.nn.binary import QuantizedWeightLayer
+from lowbit.nn.convert import layer_like, replace_layers
 from lowbit.nn.quantized import QuantConv2d, QuantLinear
 from lowbit.nn.spec import FLOAT_BITS, quantizer_bits
 from lowbit.quant import DEFAULT_CLIP_FRACTIONS, GradientQuantizer, cosine_distance, step_for_range
 from lowbit.registry import nearest
 
 # --- conversion ----------------------------------------------------------------------
-
-
-def _quant_like(layer: nn.Module, options: Dict[str, Any]) -> nn.Module:
-    """A QuantConv2d/QuantLinear with ``layer``'s hyper-parameters, sharing its Parameter objects.
-
-    Built on the meta device, so the conversion allocates nothing and draws
-    nothing from the global RNG (a float and a quantized run with the same seed
-    then see the same data order).
-    """
-    common = dict(bias=layer.bias is not None, device="meta", **options)
-    if isinstance(layer, nn.Conv2d):
-        new: nn.Module = QuantConv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            padding_mode=layer.padding_mode,
-            **common,
-        )
-    else:
-        new = QuantLinear(layer.in_features, layer.out_features, **common)
-    # The same Parameter objects: values, requires_grad and optimizer state are kept.
-    new.weight = layer.weight
-    new.bias = layer.bias
-    new.train(layer.training)
-    return new
 
 
 def quantize_model(
@@ -119,18 +91,11 @@ def quantize_model(
     )
     if not isinstance(keep_first_last, bool):
         raise ValueError(f"keep_first_last must be a bool, got {keep_first_last!r}")
-    candidates: List[Tuple[str, nn.Module]] = [
-        (name, module) for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))
-    ]
-    if keep_first_last:
-        candidates = candidates[1:-1]
-    for name, module in candidates:
-        if type(module) not in (nn.Conv2d, nn.Linear) or isinstance(module, QuantizedWeightLayer):
-            continue
-        parent_name, _, child_name = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child_name, _quant_like(module, options))
-    return model
+    # Built on the meta device: the conversion allocates nothing and draws nothing from the
+    # global RNG, so a float and a quantized run with the same seed see the same data order.
+    return replace_layers(
+        model, lambda layer: layer_like(layer, QuantConv2d, QuantLinear, device="meta", **options), keep_first_last
+    )
 
 
 # Keys of a config's ``quant:`` section -> quantize_model keywords.
