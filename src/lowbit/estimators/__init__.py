@@ -1,0 +1,80 @@
+"""Gradient estimators behind one interface, and the Objective they work on.
+
+    ĝ = get_estimator(name, **params).estimate(objective, generator=None)
+
+**Contract.** ``ĝ`` is a dict with one tensor per studied parameter (same
+names and shapes as ``objective.params``) such that *the step this method
+would take is w − lr·ĝ*:
+
+- gradient methods return a gradient of the loss — ``ste`` (backprop with a
+  surrogate derivative), ``nes`` (natural search gradient of the
+  Gaussian-smoothed loss, sign flipped from fitness = −loss to a loss
+  gradient), ``cdg`` (central finite differences per coordinate);
+- methods that choose a point return the negated displacement ĝ = −Δw —
+  ``dg`` (greedy coordinate search) and ``multistep_ste`` (projected
+  optimizer steps) — so ``lr = 1`` reproduces their point; they set
+  ``returns_displacement = True`` and keep ‖Δw‖_norm <= budget.
+
+``estimate`` is pure with respect to ``generator`` (same generator state →
+same ĝ; None draws from the global RNG). Invalid hyper-parameters raise
+ValueError quoting the value when the estimator is constructed.
+
+Objectives: :class:`Objective` (the interface, with generic chunked
+implementations), :class:`ModuleObjective` (any ``nn.Module``); the
+teacher–student toy (``lowbit.probe.toy``) provides exact fast paths.
+Budgets: :func:`project` (exact Euclidean projection onto l2/l1/linf balls),
+:func:`norm_of`.
+"""
+
+from __future__ import annotations
+
+from lowbit.estimators.base import (
+    ESTIMATORS,
+    GradientEstimator,
+    get_estimator,
+    list_estimators,
+    register_estimator,
+)
+from lowbit.estimators.budget import NORMS, flatten, norm_of, project, unflatten
+from lowbit.estimators.cdg import CDG
+from lowbit.estimators.dg import DG
+from lowbit.estimators.multistep import OPTIMIZERS, MultiStepSTE
+from lowbit.estimators.nes import NES, SHAPINGS, SIGMA_PREFIX, fitness_weights
+from lowbit.estimators.objective import (
+    ModuleObjective,
+    Objective,
+    generic_coordinate_deltas,
+    generic_line_losses,
+    resolve_surrogate,
+    with_surrogate,
+)
+from lowbit.estimators.ste import STE, ste_gradient
+
+__all__ = [
+    "CDG",
+    "DG",
+    "ESTIMATORS",
+    "NES",
+    "NORMS",
+    "OPTIMIZERS",
+    "SHAPINGS",
+    "SIGMA_PREFIX",
+    "STE",
+    "GradientEstimator",
+    "ModuleObjective",
+    "MultiStepSTE",
+    "Objective",
+    "fitness_weights",
+    "flatten",
+    "generic_coordinate_deltas",
+    "generic_line_losses",
+    "get_estimator",
+    "list_estimators",
+    "norm_of",
+    "project",
+    "register_estimator",
+    "resolve_surrogate",
+    "ste_gradient",
+    "unflatten",
+    "with_surrogate",
+]
