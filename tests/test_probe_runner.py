@@ -95,7 +95,8 @@ def test_grid_records_report(tmp_path):
     assert len(nd) == 4 and all(math.isfinite(r["value"]) for r in nd)
     report = write_probe_report(tmp_path).read_text()
     assert "Best loss decrease" in report and "dim 3" in report and "plots/decrease_vs_lr.png" in report
-    assert (tmp_path / "plots" / "decrease_vs_lr.png").stat().st_size > 1000
+    for plot in ("decrease_vs_lr.png", "best_decrease_vs_dim.png", "cosine_by_layer.png", "normalized_difference.png"):
+        assert (tmp_path / "plots" / plot).stat().st_size > 1000, plot
 
 
 def test_resume_equals_uninterrupted(tmp_path):

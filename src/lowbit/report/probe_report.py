@@ -48,6 +48,8 @@ def write_probe_report(run_dir: Path) -> Path:
         plot = _plot_vs_dim(rows, "best_decrease", run_dir / "plots" / f"best_decrease_vs_dim{'_' + suffix if suffix else ''}.png")
         lines += [f"![best loss decrease vs dim](plots/{plot.name})", ""] if plot else []
         lines += _layer_cosine_table(rows)
+        plot = _plot_cosine_by_layer(rows, run_dir / "plots" / f"cosine_by_layer{'_' + suffix if suffix else ''}.png")
+        lines += [f"![cosine by layer](plots/{plot.name})", ""] if plot else []
         lines += _normalized_difference(rows, run_dir, suffix)
     if len(conditions) > 1:
         plot = _plot_cosine_by_condition(records, sweep_keys, run_dir / "plots" / "cosine_by_condition.png")
@@ -231,26 +233,34 @@ def _plot_vs_dim(rows: Sequence[Mapping[str, Any]], metric: str, path: Path):
 
 def _plot_cosine_by_condition(records: Sequence[Mapping[str, Any]], keys: Sequence[str], path: Path):
     selected = [r for r in records if r["metric"] == "cosine" and r["layer"] == "all"]
+    return _cosine_bars(selected, lambda r: ", ".join(f"{k}={r.get(k)}" for k in keys), path)
+
+
+def _plot_cosine_by_layer(rows: Sequence[Mapping[str, Any]], path: Path):
+    selected = [r for r in rows if r["metric"] == "cosine" and r["layer"] != "all"]
+    return _cosine_bars(selected, lambda r: r["layer"], path)
+
+
+def _cosine_bars(selected: Sequence[Mapping[str, Any]], category, path: Path):
+    """Grouped bars: mean cosine ± SE per category (x) and estimator (bar colour)."""
     if not selected:
         return None
     plt = _pyplot()
-    conditions = list(dict.fromkeys(", ".join(f"{k}={r.get(k)}" for k in keys) for r in selected))
+    categories = list(dict.fromkeys(category(r) for r in selected))
     estimators = list(dict.fromkeys(r["estimator"] for r in selected))
     width = 0.8 / max(len(estimators), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(conditions)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(categories)), 4))
     for i, estimator in enumerate(estimators):
-        means, errors = [], []
-        for c in conditions:
-            values = [r["value"] for r in selected if r["estimator"] == estimator and ", ".join(f"{k}={r.get(k)}" for k in keys) == c]
-            m, se, _ = mean_se(values)
-            means.append(m)
-            errors.append(0 if math.isnan(se) else se)
-        ax.bar([j + i * width for j in range(len(conditions))], means, width, yerr=errors, label=estimator, capsize=2)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(conditions))], conditions, fontsize=8)
+        stats = [
+            mean_se([r["value"] for r in selected if r["estimator"] == estimator and category(r) == c]) for c in categories
+        ]
+        errors = [0 if math.isnan(se) else se for _, se, _ in stats]
+        ax.bar([j + i * width for j in range(len(categories))], [m for m, _, _ in stats], width, yerr=errors, label=estimator, capsize=2)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))], categories, fontsize=8)
     ax.set_ylabel("cosine with reference")
+    ax.axhline(0, color="grey", lw=0.5)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
