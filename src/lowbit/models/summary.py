@@ -55,8 +55,30 @@ def _add(into: Dict[int, int], key: int, value: int) -> None:
     into[key] = into.get(key, 0) + value
 
 
+class _SizeAndMacs:
+    """Derived totals shared by a layer row and the whole-model summary."""
+
+    params: int
+    params_by_bits: Dict[int, int]
+    macs_by_bits: Dict[int, int]
+
+    @property
+    def memory_bytes(self) -> float:
+        """Memory of the parameters at their stored precisions, in bytes."""
+        return bits_to_bytes(self.params_by_bits)
+
+    @property
+    def fp32_mb(self) -> float:
+        """Memory of the parameters if all were float32, in MB (2^20 bytes)."""
+        return self.params * 4 / BYTES_PER_MB
+
+    @property
+    def macs(self) -> int:
+        return sum(self.macs_by_bits.values())
+
+
 @dataclass
-class LayerSummary:
+class LayerSummary(_SizeAndMacs):
     """One row: a parameterised or quantized layer."""
 
     name: str
@@ -69,20 +91,8 @@ class LayerSummary:
     macs_by_bits: Dict[int, int] = field(default_factory=dict)  # MAC precision -> MACs per example
 
     @property
-    def memory_bytes(self) -> float:
-        return bits_to_bytes(self.params_by_bits)
-
-    @property
     def memory_kb(self) -> float:
         return self.memory_bytes / BYTES_PER_KB
-
-    @property
-    def fp32_mb(self) -> float:
-        return self.params * 4 / BYTES_PER_MB
-
-    @property
-    def macs(self) -> int:
-        return sum(self.macs_by_bits.values())
 
     @property
     def quantized(self) -> bool:
@@ -90,7 +100,7 @@ class LayerSummary:
 
 
 @dataclass
-class ModelSummary:
+class ModelSummary(_SizeAndMacs):
     """Per-layer rows and totals; see the module docstring for the conventions."""
 
     name: str
@@ -102,22 +112,9 @@ class ModelSummary:
     macs_by_bits: Dict[int, int]
 
     @property
-    def memory_bytes(self) -> float:
-        return bits_to_bytes(self.params_by_bits)
-
-    @property
     def memory_mb(self) -> float:
         """Memory of the parameters at their stored precisions, in MB (2^20 bytes)."""
         return self.memory_bytes / BYTES_PER_MB
-
-    @property
-    def fp32_mb(self) -> float:
-        """Memory of the parameters if all were float32, in MB (2^20 bytes)."""
-        return self.params * 4 / BYTES_PER_MB
-
-    @property
-    def macs(self) -> int:
-        return sum(self.macs_by_bits.values())
 
     @property
     def is_quantized(self) -> bool:
