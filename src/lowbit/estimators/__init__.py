@@ -20,7 +20,9 @@ same ĝ; None draws from the global RNG). Invalid hyper-parameters raise
 ValueError quoting the value when the estimator is constructed.
 
 Objectives: :class:`Objective` (the interface, with generic chunked
-implementations), :class:`ModuleObjective` (any ``nn.Module``); the
+implementations), :class:`ModuleObjective` (any ``nn.Module``),
+:class:`GraphObjective` (a few layers of a large network: cached prefix,
+population folded into the batch, exact pruning of unchanged members); the
 teacher–student toy (``lowbit.probe.toy``) provides exact fast paths.
 Budgets: :func:`project` (exact Euclidean projection onto l2/l1/linf balls),
 :func:`norm_of`.
@@ -40,12 +42,14 @@ from lowbit.estimators.cdg import CDG
 from lowbit.estimators.dg import DG
 from lowbit.estimators.multistep import OPTIMIZERS, MultiStepSTE
 from lowbit.estimators.nes import NES, SHAPINGS, SIGMA_PREFIX, fitness_weights
+from lowbit.estimators.graph_objective import GraphObjective, use_batch_statistics
 from lowbit.estimators.objective import (
     ModuleObjective,
     Objective,
     generic_coordinate_deltas,
     generic_line_losses,
     resolve_surrogate,
+    subset_coordinate_deltas,
     with_surrogate,
 )
 from lowbit.estimators.ste import STE, ste_gradient
@@ -61,6 +65,7 @@ __all__ = [
     "SIGMA_PREFIX",
     "STE",
     "GradientEstimator",
+    "GraphObjective",
     "ModuleObjective",
     "MultiStepSTE",
     "Objective",
@@ -75,6 +80,8 @@ __all__ = [
     "register_estimator",
     "resolve_surrogate",
     "ste_gradient",
+    "subset_coordinate_deltas",
     "unflatten",
+    "use_batch_statistics",
     "with_surrogate",
 ]

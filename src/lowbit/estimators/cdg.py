@@ -11,15 +11,32 @@ classical coordinate-wise finite-difference gradient (e.g. Nocedal & Wright,
 "Numerical Optimization", 2nd ed., §8.1), with ε far from infinitesimal. The loss changes come from
 ``objective.coordinate_deltas`` (exact fast paths on the toy task, chunked
 batched evaluation otherwise).
+
+**Coordinate subsets.** On a real network a layer has 10^3–10^5 coordinates,
+each costing one or two loss evaluations. With ``coords = m`` only m
+coordinates, drawn uniformly without replacement from the generator, are
+measured; ĝ is 0 elsewhere and ``last_subset`` holds the boolean mask, so
+that comparisons can be restricted to the measured coordinates
+(:func:`lowbit.probe.subset.subset_cosine` gives the cosine on the subset with
+its sampling error).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
-from lowbit.estimators.base import GradientEstimator, Params, check_bool, check_positive, register_estimator, validated
+from lowbit.estimators.base import (
+    GradientEstimator,
+    Params,
+    check_bool,
+    check_int,
+    check_positive,
+    register_estimator,
+    validated,
+)
+from lowbit.estimators.budget import unflatten
 
 
 def coordinate_deltas(objective: Any, steps, params=None) -> Params:
@@ -39,25 +56,48 @@ class CDG(GradientEstimator):
     Args:
         eps: the coordinate step ε > 0.
         central: central (default) or forward differences.
+        coords: measure only this many coordinates, a uniform random subset
+            (None: all). ĝ is 0 on the others; ``last_subset`` is the mask.
 
-    Deterministic: the generator is not used. Returns tensors in the
-    parameters' dtype (the differences are accumulated in float64).
+    Deterministic without ``coords`` (the generator draws the subset only).
+    Returns tensors in the parameters' dtype (the differences are accumulated
+    in float64).
     """
 
-    param_names = ("eps", "central")
+    param_names = ("eps", "central", "coords")
 
-    def __init__(self, eps: float = 0.1, central: bool = True) -> None:
-        v = validated({"eps": lambda: check_positive("eps", eps), "central": lambda: check_bool("central", central)})
-        self.eps, self.central = v["eps"], v["central"]
+    def __init__(self, eps: float = 0.1, central: bool = True, coords: Optional[int] = None) -> None:
+        v = validated(
+            {
+                "eps": lambda: check_positive("eps", eps),
+                "central": lambda: check_bool("central", central),
+                "coords": lambda: None if coords is None else check_int("coords", coords),
+            }
+        )
+        self.eps, self.central, self.coords = v["eps"], v["central"], v["coords"]
+        self.last_subset: Optional[Dict[str, torch.Tensor]] = None
 
     def estimate(self, objective: Any, generator: Optional[torch.Generator] = None) -> Params:
-        if self.central:
-            deltas = coordinate_deltas(objective, (self.eps, -self.eps))
-            grads = {k: (d[0] - d[1]) / (2.0 * self.eps) for k, d in deltas.items()}
-        else:
-            deltas = coordinate_deltas(objective, (self.eps,))
-            grads = {k: d[0] / self.eps for k, d in deltas.items()}
-        return {k: g.to(objective.params[k].dtype) for k, g in grads.items()}
+        steps = (self.eps, -self.eps) if self.central else (self.eps,)
+        total = objective.numel()
+        if self.coords is None or self.coords >= total:
+            self.last_subset = None
+            deltas = coordinate_deltas(objective, steps)
+            return {k: self._combine(d).to(objective.params[k].dtype) for k, d in deltas.items()}
+        from lowbit.estimators.objective import subset_coordinate_deltas
+
+        chosen = torch.randperm(total, generator=generator)[: self.coords].sort().values
+        deltas = subset_coordinate_deltas(objective, steps, chosen)  # (n_steps, m)
+        flat = torch.zeros(total, dtype=torch.float64)
+        flat[chosen] = self._combine(deltas)
+        mask = torch.zeros(total, dtype=torch.bool)
+        mask[chosen] = True
+        like = objective.params
+        self.last_subset = {k: v.bool() for k, v in unflatten(mask.double(), like).items()}
+        return {k: v.to(like[k].dtype) for k, v in unflatten(flat, like).items()}
+
+    def _combine(self, deltas: torch.Tensor) -> torch.Tensor:
+        return (deltas[0] - deltas[1]) / (2.0 * self.eps) if self.central else deltas[0] / self.eps
 
 
 __all__ = ["CDG", "coordinate_deltas"]

@@ -166,21 +166,41 @@ def generic_coordinate_deltas(
     L(w) is evaluated through the same ``losses`` path, so that the difference
     is exactly 0 for a move that changes nothing.
     """
+    w = objective.with_params(params)
+    n = sum(v.numel() for v in w.values())
+    out = subset_coordinate_deltas(objective, steps, torch.arange(n), params)  # (n_steps, P)
+    return {name: t.reshape(len(out), *w[name].shape) for name, t in _split_rows(out, w).items()}
+
+
+def subset_coordinate_deltas(
+    objective: Objective,
+    steps: Sequence[float],
+    coords: torch.Tensor,
+    params: Optional[Mapping[str, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """L(w + s·e_i) − L(w) for the flat coordinates ``coords`` only; (n_steps, len(coords)) float64.
+
+    Coordinates index the studied parameters flattened and concatenated in
+    ``objective.params`` order (as :func:`lowbit.estimators.flatten`).
+    """
     steps = [float(s) for s in steps]
     w = objective.with_params(params)
     base = flatten({k: v.detach() for k, v in w.items()})  # (P,)
     n = base.numel()
+    coords = torch.as_tensor(coords, dtype=torch.long).reshape(-1)
+    if len(coords) and (int(coords.min()) < 0 or int(coords.max()) >= n):
+        raise ValueError(f"coordinates must lie in [0, {n}), got min {int(coords.min())}, max {int(coords.max())}")
     base_loss = float(objective.losses({k: v.detach().unsqueeze(0) for k, v in w.items()})[0])
     chunk = max(1, GENERIC_CHUNK_NUMBERS // max(1, n))
-    out = torch.empty(len(steps), n, dtype=torch.float64)
+    out = torch.empty(len(steps), len(coords), dtype=torch.float64)
     for si, s in enumerate(steps):
-        for start in range(0, n, chunk):
-            idx = torch.arange(start, min(n, start + chunk))
+        for start in range(0, len(coords), chunk):
+            idx = coords[start : start + chunk]
             members = base.unsqueeze(0).repeat(len(idx), 1)  # (m, P)
             members[torch.arange(len(idx)), idx] += s
             stacked = {k: v.reshape(len(idx), *w[k].shape) for k, v in _split_rows(members, w).items()}
             out[si, start : start + len(idx)] = objective.losses(stacked) - base_loss
-    return {name: t.reshape(len(steps), *w[name].shape) for name, t in _split_rows(out, w).items()}
+    return out
 
 
 def _split_rows(rows: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
@@ -389,5 +409,6 @@ __all__ = [
     "is_sign_activation",
     "resolve_surrogate",
     "stacked_size",
+    "subset_coordinate_deltas",
     "with_surrogate",
 ]

@@ -59,6 +59,11 @@ class STE(GradientEstimator):
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"STE({params})"
 
+    @property
+    def resolved_surrogate(self) -> Any:
+        """The surrogate module (or None: the model's own backward) this estimator backpropagates with."""
+        return self._surrogate
+
     def estimate(self, objective: Any, generator: Optional[torch.Generator] = None) -> Params:
         return ste_gradient(objective, self._surrogate)
 

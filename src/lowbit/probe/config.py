@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
+from lowbit.probe.network import NetworkConfig
 from lowbit.registry import nearest
 
 
@@ -95,7 +96,9 @@ class ProbeGridConfig:
     dims: List[int] = field(default_factory=lambda: [4, 8, 16, 32])  # notes: 2..32, later 64
     inits: int = 2  # independent teacher/student initialisations; notes: 3
     batches: int = 2  # batches measured per init; notes: 10
-    layers: Union[str, List[int]] = "all"  # "all" or layer indices, e.g. [0] = first layer only
+    # Toy: "all" or layer indices, e.g. [0] = first layer only. Network: layer names, e.g.
+    # [layer1.0.conv1, layer4.1.conv2] (module or parameter names; `lowbit models` lists them), or "all".
+    layers: Union[str, List[Union[int, str]]] = "all"
     sweep: Dict[str, List[Any]] = field(default_factory=dict)  # task keys to vary, e.g. {act: [ste, none]}
 
     def __post_init__(self) -> None:
@@ -107,18 +110,40 @@ class ProbeGridConfig:
         if self.inits < 1 or self.batches < 1:
             raise ValueError(f"probe.inits and probe.batches must be >= 1, got {self.inits} and {self.batches}")
         if isinstance(self.layers, str) and self.layers != "all":
-            raise ValueError(f"probe.layers must be 'all' or a list of layer indices, got {self.layers!r}")
-        valid = list(TaskConfig.__dataclass_fields__)
+            self.layers = [self.layers]  # one layer name
+        if isinstance(self.layers, list) and not self.layers:
+            raise ValueError("probe.layers must name at least one layer (or be 'all')")
+
+    def check_sweep(self, valid: List[str], section: str) -> None:
+        """Every swept key must be a setting of ``section`` (``task`` or ``network``)."""
         for key, values in self.sweep.items():
             if key not in valid:
                 hint = nearest(key, valid)
                 raise ValueError(
-                    f"probe.sweep key {key!r} is not a task setting"
+                    f"probe.sweep key {key!r} is not a {section} setting"
                     + (f"; did you mean {hint!r}?" if hint else "")
                     + f" (valid: {', '.join(valid)})"
                 )
             if not isinstance(values, list) or not values:
                 raise ValueError(f"probe.sweep.{key} must be a non-empty list, got {values!r}")
+
+
+@dataclass
+class StatsConfig:
+    """STE gradient statistics over many mini-batches (network probes): per layer and surrogate,
+    the mean gradient, its variance across mini-batches and their ratio (notes 2021-06-16:
+    "look at the STE's variance and mean on ResNet")."""
+
+    batches: int = 0  # mini-batches drawn (i.i.d., each without replacement); 0 = off
+    batch_size: int = 64  # images per mini-batch: a training step's batch
+    # Labels of the STE estimators to measure; null = every estimator with name ste.
+    estimators: Optional[List[str]] = None
+
+    def __post_init__(self) -> None:
+        if self.batches < 0 or self.batches == 1:
+            raise ValueError(f"stats.batches must be 0 (off) or >= 2 (a variance needs two), got {self.batches}")
+        if self.batch_size < 1:
+            raise ValueError(f"stats.batch_size must be >= 1, got {self.batch_size}")
 
 
 def _default_estimators() -> List[Dict[str, Any]]:
@@ -149,6 +174,24 @@ class ProbeConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     budget: Optional[BudgetConfig] = None  # a common budget for every method (notes: 0.1); null = none
     threads: int = 0  # torch threads; 0 = torch's default (all cores)
+    # Set to probe a zoo model on real images instead of the toy (lowbit.probe.network); the grid is
+    # then sweep x inits x layers x batches, and probe.dims and task are unused.
+    network: Optional[NetworkConfig] = None
+    stats: StatsConfig = field(default_factory=StatsConfig)
+
+    def __post_init__(self) -> None:
+        if self.network is None:
+            self.probe.check_sweep(list(TaskConfig.__dataclass_fields__), "task")
+            if self.stats.batches:
+                raise ValueError("stats (STE gradient statistics over mini-batches) needs a network: section")
+        else:
+            self.probe.check_sweep(list(NetworkConfig.__dataclass_fields__), "network")
+            if self.probe.layers != "all" and any(not isinstance(x, str) for x in self.probe.layers):
+                raise ValueError(f"probe.layers of a network are layer names like layer1.0.conv1, got {self.probe.layers}")
+            if self.network.checkpoint is not None and self.probe.inits > 1:
+                raise ValueError(
+                    f"network.checkpoint fixes the weights, so probe.inits must be 1, got {self.probe.inits}"
+                )
 
 
 @dataclass(frozen=True)

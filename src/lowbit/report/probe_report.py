@@ -23,6 +23,17 @@ METRIC_TITLES = {
     "cosine": "Cosine similarity with the reference",
     "step_decrease": "Loss decrease of the method's own step (displacement methods)",
     "seconds": "Seconds per estimate",
+    "cosine_se": "Sampling standard error of the cosine (CDG on a random coordinate subset)",
+    "coords": "Coordinates measured by CDG (of the layer's `dim`)",
+}
+
+STATS_TITLES = {
+    "ste_snr": "Signal-to-noise ratio ‖m‖² / Σᵢ sᵢ² of one mini-batch STE gradient",
+    "ste_coord_snr_median": "Median per-coordinate |mᵢ| / sᵢ",
+    "ste_mean_norm": "Norm of the mean gradient ‖m‖",
+    "ste_total_variance": "Total variance Σᵢ sᵢ² across mini-batches",
+    "ste_mean_abs": "Mean |mᵢ|",
+    "ste_std": "Mean per-coordinate standard deviation sᵢ",
 }
 
 
@@ -34,9 +45,12 @@ def write_probe_report(run_dir: Path) -> Path:
     meta = _read_yaml(run_dir / "meta.yaml")
     sweep_keys = list((config.get("probe") or {}).get("sweep") or {})
     (run_dir / "plots").mkdir(exist_ok=True)
+    network = bool(config.get("network"))
+    for r in records:  # the table columns: dims of the toy, probed layers of a network
+        r["pos"] = r.get("probed_layer") if network else r.get("dim")
 
     lines: List[str] = [f"# Gradient probe: {config.get('name', run_dir.name)}", ""]
-    lines += _evidence(config, meta, records, run_dir)
+    lines += _network_evidence(config, meta, records, run_dir) if network else _evidence(config, meta, records, run_dir)
     conditions = group(records, lambda r: tuple((k, r.get(k)) for k in sweep_keys))
     for condition, rows in conditions.items():
         suffix = "_".join(f"{k}-{v}" for k, v in condition)
@@ -45,8 +59,17 @@ def write_probe_report(run_dir: Path) -> Path:
         lines += _estimator_tables(rows, config)
         plot = _plot_curves(rows, run_dir / "plots" / f"decrease_vs_lr{'_' + suffix if suffix else ''}.png")
         lines += [f"![loss decrease vs lr](plots/{plot.name})", ""] if plot else []
-        plot = _plot_vs_dim(rows, "best_decrease", run_dir / "plots" / f"best_decrease_vs_dim{'_' + suffix if suffix else ''}.png")
-        lines += [f"![best loss decrease vs dim](plots/{plot.name})", ""] if plot else []
+        if network:
+            plot = _cosine_bars(
+                [r for r in rows if r["metric"] == "cosine" and r["layer"] == "all"],
+                lambda r: r["pos"],
+                run_dir / "plots" / f"cosine_by_probed_layer{'_' + suffix if suffix else ''}.png",
+            )
+            lines += [f"![cosine with the reference by layer](plots/{plot.name})", ""] if plot else []
+            lines += _stats_section(rows, run_dir, suffix)
+        else:
+            plot = _plot_vs_dim(rows, "best_decrease", run_dir / "plots" / f"best_decrease_vs_dim{'_' + suffix if suffix else ''}.png")
+            lines += [f"![best loss decrease vs dim](plots/{plot.name})", ""] if plot else []
         lines += _layer_cosine_table(rows)
         plot = _plot_cosine_by_layer(rows, run_dir / "plots" / f"cosine_by_layer{'_' + suffix if suffix else ''}.png")
         lines += [f"![cosine by layer](plots/{plot.name})", ""] if plot else []
@@ -101,8 +124,18 @@ def _estimators(rows: Sequence[Mapping[str, Any]]) -> List[str]:
     return list(dict.fromkeys(r["estimator"] for r in rows if r["estimator"] and r["metric"] != "normalized_difference"))
 
 
+def _positions(rows: Sequence[Mapping[str, Any]]) -> List[Any]:
+    """Column keys: dims in increasing order, layer names in the order they were probed."""
+    found = list(dict.fromkeys(r["pos"] for r in rows if r.get("pos") is not None))
+    return sorted(found) if all(isinstance(p, (int, float)) for p in found) else found
+
+
+def _pos_label(position: Any) -> str:
+    return f"dim {position}" if isinstance(position, (int, float)) else str(position)
+
+
 def _table(rows: Sequence[Mapping[str, Any]], metric: str, layer: str = "all") -> str:
-    dims = sorted({r["dim"] for r in rows})
+    dims = _positions(rows)
     selected = [r for r in rows if r["metric"] == metric and r["layer"] == layer]
     if not selected:
         return ""
@@ -111,22 +144,29 @@ def _table(rows: Sequence[Mapping[str, Any]], metric: str, layer: str = "all") -
     for estimator in _estimators(rows):
         if estimator not in by_estimator:
             continue
-        by_dim = group(by_estimator[estimator], lambda r: r["dim"])
+        by_dim = group(by_estimator[estimator], lambda r: r["pos"])
         cells = [format_mean_se(*mean_se([r["value"] for r in by_dim.get(d, [])])[:2]) for d in dims]
         body.append([f"`{estimator}`"] + cells)
-    return markdown_table(["estimator"] + [f"dim {d}" for d in dims], body)
+    return markdown_table(["estimator"] + [_pos_label(d) for d in dims], body)
 
 
 def _estimator_tables(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> List[str]:
     lines: List[str] = []
-    base = group([r for r in rows if r["metric"] == "base_loss"], lambda r: r["dim"])
+    base = group([r for r in rows if r["metric"] == "base_loss"], lambda r: r["pos"])
     if base:
         lines += [
             "Loss before the step: "
-            + ", ".join(f"dim {d}: {format_mean_se(*mean_se([r['value'] for r in v])[:2])}" for d, v in sorted(base.items())),
+            + ", ".join(
+                f"{_pos_label(d)}: {format_mean_se(*mean_se([r['value'] for r in base[d]])[:2])}"
+                for d in _positions([r for v in base.values() for r in v])
+            ),
             "",
         ]
-    for metric in ("quick_decrease", "best_decrease", "best_lr", "cosine", "step_decrease", "seconds"):
+    # One value per (init, batch): every probed layer records the same batch's accuracy.
+    accuracy = list({(r["init"], r["batch"]): r["value"] for r in rows if r["metric"] == "batch_accuracy"}.values())
+    if accuracy:
+        lines += [f"Accuracy of the network on the measured batches: {format_mean_se(*mean_se(accuracy)[:2])}.", ""]
+    for metric in ("quick_decrease", "best_decrease", "best_lr", "cosine", "cosine_se", "coords", "step_decrease", "seconds"):
         table = _table(rows, metric)
         if table:
             title = METRIC_TITLES[metric]
@@ -182,13 +222,13 @@ def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path):
     if not curves:
         return None
     plt = _pyplot()
-    dims = sorted({r["dim"] for r in curves})
+    dims = _positions(curves)
     cols = min(len(dims), 3)
     nrows = math.ceil(len(dims) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
     for ax, dim in zip(axes.flat, dims):
         top = 0.0
-        for estimator, items in group([r for r in curves if r["dim"] == dim], lambda r: r["estimator"]).items():
+        for estimator, items in group([r for r in curves if r["pos"] == dim], lambda r: r["estimator"]).items():
             by_lr = group(items, lambda r: r["lr"])
             lrs = sorted(by_lr)
             means = [mean_se([r["value"] for r in by_lr[lr]])[0] for lr in lrs]
@@ -198,7 +238,7 @@ def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path):
             ax.set_ylim(bottom=-0.5 * top, top=1.1 * top)
         ax.set_xscale("log")
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set_title(f"dim {dim}")
+        ax.set_title(_pos_label(dim))
         ax.set_xlabel("lr (step length along the normalised direction)")
         ax.set_ylabel("loss decrease")
     for ax in list(axes.flat)[len(dims):]:
@@ -241,8 +281,8 @@ def _plot_cosine_by_layer(rows: Sequence[Mapping[str, Any]], path: Path):
     return _cosine_bars(selected, lambda r: r["layer"], path)
 
 
-def _cosine_bars(selected: Sequence[Mapping[str, Any]], category, path: Path):
-    """Grouped bars: mean cosine ± SE per category (x) and estimator (bar colour)."""
+def _cosine_bars(selected: Sequence[Mapping[str, Any]], category, path: Path, ylabel: str = "cosine with reference"):
+    """Grouped bars: mean value ± SE per category (x) and estimator (bar colour)."""
     if not selected:
         return None
     plt = _pyplot()
@@ -257,10 +297,74 @@ def _cosine_bars(selected: Sequence[Mapping[str, Any]], category, path: Path):
         errors = [0 if math.isnan(se) else se for _, se, _ in stats]
         ax.bar([j + i * width for j in range(len(categories))], [m for m, _, _ in stats], width, yerr=errors, label=estimator, capsize=2)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))], categories, fontsize=8)
-    ax.set_ylabel("cosine with reference")
+    ax.set_ylabel(ylabel)
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _network_evidence(
+    config: Mapping[str, Any], meta: Mapping[str, Any], records: Sequence[Mapping[str, Any]], run_dir: Path
+) -> List[str]:
+    probe = config.get("probe", {})
+    network = config.get("network", {})
+    stats = config.get("stats", {}) or {}
+    units = {r["unit"] for r in records}
+    layers = list(dict.fromkeys(r["probed_layer"] for r in records if r.get("probed_layer")))
+    measure = config.get("measure", {})
+    grid = measure.get("lr_grid", {})
+    swept = (probe.get("sweep") or {}).get("pretrain_epochs")
+    if network.get("checkpoint"):
+        origin = f"the trained weights of `{network.get('checkpoint')}`"
+    elif swept:
+        origin = (f"seed {config.get('seed')} + init, pretrained here for {swept} epochs "
+                  f"(Adam, lr {network.get('pretrain_lr')}; 0 = at initialisation)")
+    elif network.get("pretrain_epochs"):
+        origin = (f"seed {config.get('seed')} + init, pretrained here for {network.get('pretrain_epochs')} epochs "
+                  f"(Adam, lr {network.get('pretrain_lr')})")
+    else:
+        origin = f"seed {config.get('seed')} + init, at initialisation"
+    size = network.get("image_size")
+    lines = [
+        f"Network: `{network.get('model')}` on `{network.get('dataset')}` ({network.get('split')} split, "
+        f"{'resized to ' + str(size) + 'x' + str(size) if size else 'native size'}), weights: {origin}. "
+        f"Loss: mean cross-entropy on fixed batches of {network.get('batch_size')} images, BatchNorm with batch statistics. "
+        f"Layers probed one at a time: {', '.join(f'`{l}`' for l in layers)}. "
+        f"Means ± standard errors over {probe.get('inits')} inits × {probe.get('batches')} batches; "
+        f"{len(units)} units measured.",
+        "",
+        f"Directions are normalised `{measure.get('normalize')}`; the lr grid has {grid.get('num')} {grid.get('scale')}-spaced "
+        f"points in [{grid.get('min')}, {grid.get('max')}]. Reference for cosines: `{measure.get('reference')}`"
+        " (on a random coordinate subset its sampling standard error is reported). A layer with no sign activation "
+        "after it (e.g. the last binary conv before a float head) gets the same gradient from every surrogate.",
+        "",
+        f"lowbit {meta.get('lowbit')}, commit {meta.get('git_commit')}, torch {meta.get('torch')}, "
+        f"{meta.get('machine')}; started {meta.get('started')}."
+        + (f" STE statistics: {stats.get('batches')} mini-batches of {stats.get('batch_size')}." if stats.get("batches") else ""),
+        "",
+    ]
+    return lines
+
+
+def _stats_section(rows: Sequence[Mapping[str, Any]], run_dir: Path, suffix: str) -> List[str]:
+    """Tables and a bar plot of the STE gradient statistics over mini-batches."""
+    selected = [r for r in rows if str(r["metric"]).startswith("ste_")]
+    if not selected:
+        return []
+    lines = ["### STE gradient statistics over mini-batches", ""]
+    for metric, title in STATS_TITLES.items():
+        table = _table(selected, metric)
+        if table:
+            lines += [f"#### {title}", "", table, ""]
+    plot = _cosine_bars(
+        [r for r in selected if r["metric"] == "ste_snr"],
+        lambda r: r["pos"],
+        run_dir / "plots" / f"ste_snr{'_' + suffix if suffix else ''}.png",
+        ylabel="SNR of one mini-batch STE gradient",
+    )
+    if plot:
+        lines += [f"![STE signal-to-noise ratio by layer](plots/{plot.name})", ""]
+    return lines

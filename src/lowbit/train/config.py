@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 
+# run.grad_stats_every when unset in a run with quant: (see RunConfig)
+DEFAULT_GRAD_STATS_EVERY = 50
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -195,6 +199,13 @@ class RunConfig:
     init_from: Optional[str] = None  # checkpoint (e.g. RUN_DIR/checkpoints/last.pt) whose matching weights start the model
     summary_last_n: int = 10  # epochs averaged in the summary table ("mean of the last 10 epochs", notes 2021-04-30)
     tensorboard: bool = True  # also write TensorBoard scalars when torch.utils.tensorboard imports
+    grad_stats_every: Optional[int] = None  # optimizer steps between samples of every Conv2d/Linear's G and E
+    # (lowbit.nn.GradientStats -> grad_stats.csv, grad_hist.csv, the report's gradient sections). None: 50 when
+    # quant: is set, off for a float run; 0: off; N >= 1: every N-th step, float runs too. A sample costs ~2
+    # steps of LeNet-5 on digits (float64 passes over every G and E): 50 is lost in the timing noise there
+    # (9 samples in 20 epochs), 25 costs ~10%
+    baseline: Optional[str] = None  # a training run directory (e.g. the float run of the same recipe) whose
+    # test accuracy the report shows next to this run's; checked when the run starts. Relative: to the working dir
 
     def __post_init__(self) -> None:
         errors = []
@@ -204,6 +215,8 @@ class RunConfig:
             errors.append(f"run.threads must be >= 1 or null, got {self.threads}")
         if self.summary_last_n < 1:
             errors.append(f"run.summary_last_n must be >= 1, got {self.summary_last_n}")
+        if self.grad_stats_every is not None and self.grad_stats_every < 0:
+            errors.append(f"run.grad_stats_every must be >= 0 (0: off) or null (auto), got {self.grad_stats_every}")
         _check(not errors, "; ".join(errors))
 
 
@@ -230,6 +243,13 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         return self.run.name or f"{self.model.name}-{self.data.dataset}"
+
+    @property
+    def grad_stats_every(self) -> int:
+        """``run.grad_stats_every`` resolved: steps between gradient-statistics samples, 0 = off."""
+        if self.run.grad_stats_every is None:
+            return DEFAULT_GRAD_STATS_EVERY if self.quant else 0
+        return self.run.grad_stats_every
 
 
 def load_train_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = ()) -> TrainConfig:

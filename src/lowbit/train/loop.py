@@ -10,6 +10,10 @@
    backward, gradient clipping, ``lr = lr_at(step)``, optimizer step.
 3. **per epoch**: evaluate on the test split, append a row to ``metrics.csv``
    (and TensorBoard when available), save ``checkpoints/last.pt`` atomically.
+   Low-bit runs (``quant:``) also write ``storage.csv`` at the start and append
+   the gradient statistics of every ``run.grad_stats_every``-th step
+   (``lowbit.nn.GradientStats``) to ``grad_stats.csv`` / ``grad_hist.csv``
+   before each checkpoint.
 4. **at the end**: ``report.md`` and plots (``lowbit.train.summary``).
 
 Exact resume. SIGINT / SIGTERM set a flag; at the next step boundary the loop
@@ -57,6 +61,7 @@ from lowbit.train.config import TrainConfig
 from lowbit.train.losses import LOSSES, LossFn, build_loss
 from lowbit.train.optim import OPTIMIZERS, build_optimizer
 from lowbit.train.schedules import SCHEDULES, make_schedule
+from lowbit.train.summary import GRAD_HIST_FILE, GRAD_STATS_FILE, STORAGE_FILE, read_stats
 
 PathLike = Union[str, Path]
 
@@ -134,6 +139,22 @@ def check_names(config: TrainConfig) -> None:
         raise ValueError("invalid config:\n  - " + "\n  - ".join(errors))
 
 
+def check_baseline(config: TrainConfig) -> None:
+    """``run.baseline`` must name an existing training run directory (checked before training starts)."""
+    if config.run.baseline is None:
+        return
+    path = Path(config.run.baseline)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"run.baseline={config.run.baseline!r}: no such directory (relative to {os.getcwd()!r}); "
+            "give the run directory of the baseline run, e.g. run.baseline=runs/lenet5-digits-20260101-120000"
+        )
+    if not (path / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"run.baseline={config.run.baseline!r}: no config.yaml there; is it a `lowbit train` run directory?"
+        )
+
+
 def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
     """For sparsity-tracking optimizers (DessiLBI): the fraction of zero Γ per layer, and overall.
 
@@ -158,6 +179,7 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
     from lowbit.models import create_model
 
     check_names(config)
+    check_baseline(config)
     d = config.data
     train_set = load_dataset(d.dataset, "train", data_dir=d.data_dir, image_size=d.image_size)
     test_set = load_dataset(d.dataset, "test", data_dir=d.data_dir, image_size=d.image_size)
@@ -304,7 +326,7 @@ def _deterministic(enabled: bool):
 
 
 def _rewrite_metrics(path: Path, rows: List[Dict[str, Any]]) -> None:
-    """Replace metrics.csv by exactly ``rows`` (on resume: drop rows newer than the checkpoint)."""
+    """Replace a records file by exactly ``rows`` (on resume: drop rows newer than the checkpoint)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     if rows:
@@ -312,6 +334,21 @@ def _rewrite_metrics(path: Path, rows: List[Dict[str, Any]]) -> None:
         os.replace(tmp, path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _keep_grad_stats_before(run_dir: Path, step: int) -> None:
+    """On resume: drop the gradient-statistics rows of steps >= ``step`` (the resumed run records them again).
+
+    Rows are flushed before each checkpoint, so normally none are dropped; this
+    covers a stop between a flush and its checkpoint (a crash, a second Ctrl-C).
+    """
+    for name in (GRAD_STATS_FILE, GRAD_HIST_FILE):
+        path = run_dir / name
+        if path.exists():
+            rows = read_stats(path)  # layer names stay text ("1.10" is not 1.1)
+            kept = [r for r in rows if int(r["step"]) < step]
+            if len(kept) != len(rows):
+                _rewrite_metrics(path, kept)
 
 
 def _tensorboard(run_dir: Path, enabled: bool) -> Any:
@@ -410,6 +447,12 @@ def train(
 
                 (run_dir / "init_from.yaml").write_text(yaml.safe_dump({"init_from": cfg.run.init_from, **setup.init_info}))
             (run_dir / METRICS_FILE).unlink(missing_ok=True)
+            for name in (GRAD_STATS_FILE, GRAD_HIST_FILE, STORAGE_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+            if cfg.quant:
+                from lowbit.nn import storage_records
+
+                RecordWriter(run_dir / STORAGE_FILE).write_many(storage_records(model))
         run_dir = Path(run_dir)
         ckpt_file = checkpoint_path(run_dir)
         if log is not None:
@@ -433,8 +476,31 @@ def train(
             history = list(state["metrics"])
             restore_rng(state["rng"], generators)
             _rewrite_metrics(run_dir / METRICS_FILE, history)
+            _keep_grad_stats_before(run_dir, step)
         metrics_writer = RecordWriter(run_dir / METRICS_FILE)
         board = _tensorboard(run_dir, cfg.run.tensorboard)
+
+        # Gradient statistics: GradientStats is attached only for the forward/backward of every
+        # stats_every-th global step (no hooks at all on the other steps), so the samples fall on the
+        # same steps in a resumed run. It draws no random numbers; rows are flushed before every checkpoint.
+        stats_every = cfg.grad_stats_every
+        stats = None
+        if stats_every:
+            from lowbit.nn import GradientStats
+
+            stats = GradientStats(model, every=1)
+
+        def flush_stats() -> None:
+            if stats is None or not stats.records:
+                return
+            spe = setup.steps_per_epoch
+            RecordWriter(run_dir / GRAD_STATS_FILE).write_many(
+                {"epoch": r["step"] // spe + 1, **r} for r in stats.records
+            )
+            RecordWriter(run_dir / GRAD_HIST_FILE).write_many(
+                {"epoch": h["step"] // spe + 1, **h} for h in stats.histograms
+            )
+            stats.records, stats.histograms = [], []
 
         def checkpoint(epoch: int, position: int, perm: Optional[torch.Tensor], complete: bool = False) -> None:
             save_checkpoint(
@@ -490,6 +556,10 @@ def train(
                         for group in optimizer.param_groups:
                             group["lr"] = lr
 
+                        sampled = stats is not None and step % stats_every == 0
+                        if sampled:
+                            stats.step = step  # optimizer steps before this one (0-based)
+                            stats.attach()
                         with autocast():
                             logits = model(x)  # (B, K)
                             loss = setup.loss_fn(logits.float(), target)
@@ -497,6 +567,8 @@ def train(
                             raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, ckpt_file), run_dir)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
+                        if sampled:
+                            stats.detach()
                         if cfg.optim.grad_clip is not None:
                             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                         optimizer.step()
@@ -513,6 +585,7 @@ def train(
                         if stop.signum is not None:  # mid-epoch checkpoint, then stop
                             sums["seconds"] += time.perf_counter() - t0
                             bar.close()
+                            flush_stats()
                             checkpoint(epoch, i + 1, perm)
                             raise TrainingInterrupted(run_dir, epoch + 1, step)
                     bar.close()
@@ -538,15 +611,20 @@ def train(
                     if log is not None:
                         log(_epoch_line(record, cfg.run.epochs))
                     perm, position = None, 0
+                    flush_stats()
                     checkpoint(epoch + 1, 0, None, complete=epoch + 1 == cfg.run.epochs)
                     if stop.signum is not None and epoch + 1 < cfg.run.epochs:
                         raise TrainingInterrupted(run_dir, epoch + 2, step)
         except (TrainingInterrupted, TrainingDiverged):
+            with contextlib.suppress(Exception):
+                flush_stats()  # rows past the last checkpoint are dropped again on resume
             if history:  # a report of what the run has so far
                 with contextlib.suppress(Exception):
                     write_train_report(run_dir)
             raise
         finally:
+            if stats is not None:
+                stats.detach()
             if board is not None:
                 board.close()
     write_train_report(run_dir)
@@ -597,6 +675,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "build",
+    "check_baseline",
     "check_names",
     "evaluate",
     "resolve_device",

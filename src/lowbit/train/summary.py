@@ -14,18 +14,53 @@ parameter size in MB (float32 bytes / 2**20, as the CIFAR-10 notes' "参数体�
 
 Everything is rebuilt from ``metrics.csv``, ``config.yaml``, ``model.yaml``
 and ``meta.yaml`` alone, so ``lowbit report RUN_DIR`` can redo it any time.
+
+Low-bit runs add (each section only when its file exists):
+
+- **against the baseline** (``run.baseline``: another run directory, e.g. the
+  float run of the same recipe): both runs in the summary table, the
+  difference in final test accuracy in points, and the config keys in which
+  the runs differ besides ``quant:``;
+- **storage per layer** from ``storage.csv`` (``lowbit.nn.storage_table``);
+- **gradient distributions** from ``grad_hist.csv``: histograms of G and E per
+  layer at the first, middle and last sampled step
+  (``lowbit.nn.plot_gradient_histograms``), and from ``grad_stats.csv`` the
+  kurtosis and max/std ("sharp and wide") per layer;
+- **entries that round to zero**, per layer, from ``grad_stats.csv``: exactly
+  zero in float, to nearest, expected under stochastic rounding, and produced
+  by the layer; each cell is ``mean (first -> last)``: the arithmetic mean over
+  the sampled steps, then the values at the layer's first and last sampled step.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from lowbit.runs import atomic_write_text, read_records
+from lowbit.runs import _parse_cell, atomic_write_text, read_records
 
 PathLike = Union[str, Path]
+
+# Files of a low-bit run (written by lowbit.train.loop)
+GRAD_STATS_FILE = "grad_stats.csv"  # lowbit.nn.GradientStats records: one row per (step, layer, G|E)
+GRAD_HIST_FILE = "grad_hist.csv"  # its histograms: one row per (step, layer, G|E, bin)
+STORAGE_FILE = "storage.csv"  # lowbit.nn.storage_records of the quantized model, written at the start
+
+# Config keys that do not change the numbers: left out of "differs from the baseline in"
+_BOOKKEEPING_KEYS = (
+    "run.name",
+    "run.baseline",
+    "run.threads",
+    "run.tensorboard",
+    "run.grad_stats_every",
+    "run.summary_last_n",
+    "data.data_dir",
+    "data.eval_batch_size",
+)
 
 # the notes' table: (column title, summary key, format)
 TABLE_COLUMNS = (
@@ -202,6 +237,8 @@ def write_train_report(run_dir: PathLike) -> Path:
     model_cfg = _get(config, "model") or {}
     extras = {k: v for k, v in model_cfg.items() if k not in ("name", "kwargs") and v not in (None, False)}
     extras.update(model_cfg.get("kwargs") or {})
+    baseline = _baseline_section(run_dir, row, config)
+    lowbit_sections = _lowbit_sections(run_dir, config)
     per_epoch = ["| epoch | lr | train loss | train acc | test loss | test acc | seconds |", "|" + "---:|" * 7]
     for r in records:
         per_epoch.append(
@@ -223,10 +260,12 @@ def write_train_report(run_dir: PathLike) -> Path:
             "",
             f"Final validation accuracy {row['final_test_acc']:.4f}; validation = the test split.",
             "",
+            *baseline,
             "## Curves",
             "",
             "![loss](plots/loss.png) ![accuracy](plots/accuracy.png) ![lr](plots/lr.png)",
             "",
+            *lowbit_sections,
             "## Per epoch",
             "",
             "\n".join(per_epoch),
@@ -246,8 +285,309 @@ def write_train_report(run_dir: PathLike) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- against a baseline run
+
+
+def precision_label(quant: Optional[Mapping[str, Any]]) -> str:
+    """W-A-G-E bits of a config's ``quant:`` section, e.g. ``8-8-8-8, G stochastic``; ``float32`` without one.
+
+    Missing keys take ``lowbit.nn.quantize_model``'s defaults; a float tensor is ``f``.
+    """
+    if not quant:
+        return "float32"
+    import inspect
+
+    from lowbit.nn import quantize_model
+
+    defaults = {k: p.default for k, p in inspect.signature(quantize_model).parameters.items()}
+    bits = [quant.get(k, defaults[k]) for k in ("w_bits", "a_bits", "g_bits", "e_bits")]
+    label = "-".join("f" if b is None or b >= 32 else str(b) for b in bits)
+    if bits[2] is None or bits[2] >= 32:
+        return label
+    return f"{label}, G {quant.get('g_rounding', defaults['g_rounding'])}"
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(config: Mapping[str, Any], baseline: Mapping[str, Any]) -> List[str]:
+    """The dotted keys (besides ``quant`` and bookkeeping such as ``run.name``) whose values differ."""
+    a, b = _flatten(config), _flatten(baseline)
+    keys = sorted(set(a) | set(b))
+    return [
+        k
+        for k in keys
+        if k != "quant" and not k.startswith("quant.") and k not in _BOOKKEEPING_KEYS and a.get(k) != b.get(k)
+    ]
+
+
+def _baseline_section(run_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any]) -> List[str]:
+    """``## Against the baseline``: this run and ``run.baseline`` in one summary table, and the difference."""
+    name = _get(config, "run.baseline")
+    if not name:
+        return []
+    lines = ["## Against the baseline", ""]
+    path = Path(name)
+    if not (path / "metrics.csv").is_file():
+        why = "it has no metrics.csv (no epoch finished yet)" if path.is_dir() else "the directory is gone"
+        where = "" if path.is_absolute() else f" (relative to {str(Path.cwd())!r})"
+        return lines + [f"Baseline `{name}`{where}: not shown, {why}. Rebuild with `lowbit report {run_dir}`.", ""]
+    base = run_summary(path)
+    base_config = base["config"]
+    this_label, base_label = precision_label(_get(config, "quant")), precision_label(_get(base_config, "quant"))
+    rows = [
+        {**row, "run": f"this run `{run_dir.name}`", "W-A-G-E": this_label},
+        {**base, "run": f"baseline `{path.name}`", "W-A-G-E": base_label},
+    ]
+    delta = 100 * (row["final_test_acc"] - base["final_test_acc"])
+    delta_mean = 100 * (row["test_acc"] - base["test_acc"])
+    total = _get(base_config, "run.epochs")
+    done = total is None or base["epochs"] >= total
+    base_status = "complete" if done else f"stopped after {base['epochs']} of {total} epochs"
+    differences = config_differences(config, base_config)
+    if differences:
+        listed = ", ".join(f"`{k}` ({_get(base_config, k)!r} -> {_get(config, k)!r})" for k in differences)
+        same = f"Besides `quant:`, the configs differ in {listed}: the difference is not only the quantization."
+    else:
+        same = "Besides `quant:` the configs are the same (seed, data, model, optimizer, schedule, epochs)."
+    lines += [
+        summary_table(rows, label_columns=["run", "W-A-G-E"]),
+        "",
+        f"Final test accuracy {row['final_test_acc']:.4f} against {base['final_test_acc']:.4f} for the baseline: "
+        f"**{delta:+.2f} points** (last epoch of each run; {delta_mean:+.2f} points in the mean of the last "
+        f"{row['last_n']} / {base['last_n']} epochs). One run each: a difference within the seed-to-seed spread "
+        "is not an effect of the quantization (repeat with other `run.seed` values; docs/lowbit-training.md).",
+        "",
+        f"{same} Baseline: `{name}` ({base_status}).",
+        "",
+    ]
+    return lines
+
+
+# ---------------------------------------------------------------- low-bit runs: storage and gradients
+
+_TEXT_COLUMNS = ("layer", "kind", "scale", "rounding")  # kept as text (a layer may be named "0" or "1.10")
+
+
+def read_stats(path: PathLike) -> List[Dict[str, Any]]:
+    """Rows of ``grad_stats.csv`` / ``grad_hist.csv`` / ``storage.csv``: numbers parsed, names kept as text."""
+    with Path(path).open(newline="") as handle:
+        return [
+            {k: (v if k in _TEXT_COLUMNS else _parse_cell(v)) for k, v in r.items()} for r in csv.DictReader(handle)
+        ]
+
+
+def _layer_order(records: Sequence[Mapping[str, Any]], storage: Sequence[Mapping[str, Any]]) -> List[str]:
+    """Layers in the model's order: storage.csv's (registration order), else the reverse of the
+    backward order in which the statistics were recorded."""
+    present = list(dict.fromkeys(str(r["layer"]) for r in records))
+    if storage:
+        ordered = [str(r["layer"]) for r in storage if str(r["layer"]) in present]
+        return ordered + [name for name in present if name not in ordered]
+    return present[::-1]
+
+
+def stats_over_training(
+    records: Sequence[Mapping[str, Any]], kind: str, key: str
+) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per layer: ``mean`` of ``key`` over the sampled steps, its value at the ``first`` and ``last`` of them.
+
+    ``records``: grad_stats.csv rows; rows of other kinds or with ``key`` blank are skipped.
+    """
+    by_layer: Dict[str, List[Mapping[str, Any]]] = {}
+    for r in records:
+        if r["kind"] == kind and r.get(key) is not None:
+            by_layer.setdefault(str(r["layer"]), []).append(r)
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for layer, rows in by_layer.items():
+        rows = sorted(rows, key=lambda r: int(r["step"]))
+        values = [float(r[key]) for r in rows]
+        out[layer] = {"mean": sum(values) / len(values), "first": values[0], "last": values[-1], "n": len(values)}
+    return out
+
+
+def _ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 25th ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _pct(x: Optional[float]) -> str:
+    return "—" if x is None or x != x else f"{100 * x:.1f}%"
+
+
+def _num(x: Optional[float]) -> str:
+    if x is None or x != x:
+        return "—"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _sci(x: Optional[float]) -> str:
+    return "—" if x is None or x != x else f"{x:.1e}"
+
+
+def _over_training(summary: Optional[Mapping[str, Optional[float]]], fmt: Callable[[Optional[float]], str]) -> str:
+    """``mean (first -> last)`` of one ``stats_over_training`` entry."""
+    if not summary:
+        return "—"
+    return f"{fmt(summary['mean'])} ({fmt(summary['first'])} → {fmt(summary['last'])})"
+
+
+def _mean_of_layers(summaries: Sequence[Optional[Mapping[str, Optional[float]]]]) -> Optional[Dict[str, float]]:
+    present = [s for s in summaries if s]
+    if not present:
+        return None
+    return {part: sum(float(s[part]) for s in present) / len(present) for part in ("mean", "first", "last")}
+
+
+def _grid_label(rows: Sequence[Mapping[str, Any]]) -> str:
+    r = rows[0]
+    if not r.get("quantized"):
+        return f"float (ref. {r['bits']}-bit {r['scale']})"
+    return f"{r['bits']}-bit {r['scale']}, {r['rounding']}"
+
+
+def zero_fraction_table(records: Sequence[Mapping[str, Any]], kind: str, layers: Sequence[str]) -> str:
+    """Markdown: per layer, the fraction of ``kind`` entries that are / round to zero, ``mean (first -> last)``."""
+    columns = (
+        ("exactly 0 in float", "frac_exact_zero", _pct),
+        ("→ 0 to nearest", "frac_zero_nearest", _pct),
+        ("→ 0 stochastic (expected)", "frac_zero_stochastic", _pct),
+        ("0 after the layer's quantization", "frac_zero_quantized", _pct),
+        (f"1 − cos({kind}, q({kind}))", "cos_distance", _sci),
+    )
+    summaries = {key: stats_over_training(records, kind, key) for _, key, _ in columns}
+    header = ["layer", f"{kind} grid"] + [title for title, _, _ in columns]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(columns)]
+    shown = [layer for layer in layers if layer in summaries["frac_zero_nearest"]]
+    for layer in shown:
+        rows = [r for r in records if str(r["layer"]) == layer and r["kind"] == kind]
+        cells = [layer, _grid_label(rows)] + [_over_training(summaries[key].get(layer), fmt) for _, key, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(shown) > 1:
+        cells = ["(mean of layers)", ""] + [
+            _over_training(_mean_of_layers([summaries[key].get(layer) for layer in shown]), fmt)
+            for _, key, fmt in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def shape_table(records: Sequence[Mapping[str, Any]], layers: Sequence[str], kinds: Sequence[str]) -> str:
+    """Markdown: kurtosis and max/std ("sharp and wide") per layer and tensor, ``mean (first -> last)``."""
+    kurtosis = {kind: stats_over_training(records, kind, "kurtosis") for kind in kinds}
+    crest = {kind: stats_over_training(records, kind, "crest") for kind in kinds}
+    lines = ["| layer | tensor | kurtosis | max/std |", "|---|---|---:|---:|"]
+    for layer in layers:
+        for kind in kinds:
+            if layer in kurtosis[kind]:
+                k, c = _over_training(kurtosis[kind][layer], _num), _over_training(crest[kind].get(layer), _num)
+                lines.append(f"| {layer} | {kind} | {k} | {c} |")
+    return "\n".join(lines)
+
+
+def _lowbit_sections(run_dir: Path, config: Mapping[str, Any]) -> List[str]:
+    """The storage table, gradient histograms, "sharp and wide" and round-to-zero tables (files permitting)."""
+    storage_path, stats_path, hist_path = (run_dir / n for n in (STORAGE_FILE, GRAD_STATS_FILE, GRAD_HIST_FILE))
+    storage = read_stats(storage_path) if storage_path.is_file() else []
+    records = read_stats(stats_path) if stats_path.is_file() else []
+    if not storage and not records:
+        return []
+    quant = _get(config, "quant")
+    lines = ["## Low-bit training" if quant else "## Gradient statistics", ""]
+    if quant:
+        section = ", ".join(f"{k}: {v}" for k, v in quant.items())
+        lines += [f"W-A-G-E: {precision_label(quant)} (`quant:` {{{section}}}; docs/lowbit-training.md).", ""]
+    if storage:
+        from lowbit.nn import storage_table
+
+        lines += [
+            "### Storage per layer",
+            "",
+            storage_table(storage),
+            "",
+            "The deployed model: weights at their W bits, biases and BatchNorm at 32 bits; saving and compression "
+            "against float32. During training the latent float32 weights are kept as well (the saving there is in "
+            "the low-bit A, G and E tensors).",
+            "",
+        ]
+    if not records:
+        return lines
+    layers = _layer_order(records, storage)
+    kinds = [k for k in ("G", "E") if any(r["kind"] == k for r in records)]
+    steps = sorted({int(r["step"]) for r in records})
+    every = _get(config, "run.grad_stats_every")
+    if every is None:  # unset: the default of a run with quant:
+        from lowbit.train.config import DEFAULT_GRAD_STATS_EVERY
+
+        every = DEFAULT_GRAD_STATS_EVERY
+    lines += [
+        "### Gradient distributions over training",
+        "",
+        f"`lowbit.nn.GradientStats` sampled G (dL/dW) and E (dL/dy at the layer's output) of every Conv2d/Linear "
+        f"on every {'' if every == 1 else _ordinal(every) + ' '}optimizer step (`run.grad_stats_every`): "
+        f"{len(steps)} samples, steps {steps[0]} to "
+        f"{steps[-1]} (files `{GRAD_STATS_FILE}`, `{GRAD_HIST_FILE}`). Statistics are of the float gradient before "
+        "quantization. Histograms of g / max|g| at the first, middle and last sampled step, fraction of entries "
+        "on a log scale (on this axis the 8-bit max-abs grid step is 1/127):",
+        "",
+    ]
+    if hist_path.is_file():
+        from lowbit.nn import plot_gradient_histograms
+
+        hist = read_stats(hist_path)
+        for kind in kinds:
+            if any(h["kind"] == kind for h in hist):
+                name = f"grad_hist_{kind}.png"
+                plot_gradient_histograms(hist, run_dir / "plots" / name, kind=kind, layers=layers)
+                lines += [f"![{kind} histograms per layer](plots/{name})", ""]
+    lines += [
+        "\"Sharp and wide\" (Zhu et al. 2020): kurtosis E[(g − mean)⁴] / var² is 3 for a Gaussian and large when "
+        "most entries sit near 0 (sharp); max|g| / std is large when a few entries lie far out (wide), and a "
+        "max-abs grid is set by those few. Each cell: mean over the sampled steps (first → last sampled step).",
+        "",
+        shape_table(records, layers, kinds),
+        "",
+    ]
+    explained = False
+    for kind in kinds:
+        what = "the weight gradient G = dL/dW" if kind == "G" else "the error E = dL/dy at each layer's output"
+        if not explained:
+            text = (
+                f"Fraction of the entries of {what}, per layer: already 0 in float (e.g. behind a ReLU); that "
+                "round to 0 to nearest on the layer's grid (|g| < step/2); expected to become 0 under stochastic "
+                "rounding (mean of max(0, 1 − |g|/step)); actually 0 after the layer's own quantization (the "
+                "rounding in the grid column; — for float layers, whose fractions are for a reference 8-bit "
+                "max-abs grid); and 1 − cos between the tensor and its quantization. The nearest and stochastic "
+                "columns are computed on the same float tensors, so they compare the two roundings on this run's "
+                "gradients. Each cell: mean over the sampled steps (first → last sampled step)."
+            )
+            explained = True
+        else:
+            text = f"The same for {what}:"
+        table = zero_fraction_table(records, kind, layers)
+        lines += [f"### Entries of {kind} that round to zero", "", text, "", table, ""]
+    return lines
+
+
 __all__ = [
+    "GRAD_HIST_FILE",
+    "GRAD_STATS_FILE",
+    "STORAGE_FILE",
+    "config_differences",
     "param_size_mb",
+    "precision_label",
+    "read_stats",
+    "shape_table",
+    "stats_over_training",
+    "zero_fraction_table",
     "plot_curves",
     "run_summary",
     "summarize",
