@@ -18,9 +18,6 @@ that stopped early.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
 
 import torch
 import torch.nn.functional as F
@@ -28,19 +25,14 @@ import torch.nn.functional as F
 from lowbit.estimators import GraphObjective, subset_coordinate_deltas
 from lowbit.probe.network import NetworkConfig, NetworkTask, studied_weight
 
+try:
+    from bench_cdg import best_of, machine
+except ImportError:  # run from another directory
+    import sys
+    from pathlib import Path
 
-def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), load average {load:.1f}"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_cdg import best_of, machine
 
 
 def naive_cdg(model, batch, name, coords, eps):
@@ -63,15 +55,6 @@ def naive_cdg(model, batch, name, coords, eps):
 def fast_cdg(objective, coords, eps):
     deltas = subset_coordinate_deltas(objective, (eps, -eps), coords)
     return (deltas[0] - deltas[1]) / (2 * eps)
-
-
-def best_of(fn, repeat):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> None:

@@ -34,15 +34,6 @@ from lowbit.analysis import (
 from lowbit.config import ConfigError, load_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is as fast, and immune to OpenMP spin-waits on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- a quadratic L(w) = ½ wᵀAw
 
 

@@ -33,14 +33,6 @@ from lowbit.data.augment import crop_flip, sample_cutout_boxes, sample_erasing_b
 from lowbit.data.cifar import CIFAR10, CIFAR100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids OpenMP hand-off latency when the CPU is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 # ----------------------------------------------------------------------------- synthetic archives
 
 N_PER_BATCH = 6  # images per synthetic CIFAR batch: small, but more than one per class range check

@@ -20,15 +20,6 @@ from lowbit.estimators import (
 from lowbit.estimators.budget import flatten
 from lowbit.probe.toy import ToyTask
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Small settings so that every registered estimator runs in well under a second.
 SMALL = {
     "nes": {"population": 64},

@@ -21,15 +21,6 @@ ACTS = ["ste", "none", "step01", {"name": "uniform_act", "levels": 2}, {"name": 
 DEPTHS = [1, 2, 3, 4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def objective(act="ste", depth=3, dim=5, batch=120, layers="all", seed=0, dtype=torch.float64):
     return ToyTask(dim, depth=depth, act=act, batch_size=batch, seed=seed, dtype=dtype).objective(layers=layers)
 

@@ -36,15 +36,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: one thread is faster, and immune to OpenMP stalls on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", list_models())
 def test_forward_shape_and_finite_gradients(name):
     model = create_model(name, num_classes=NUM_CLASSES, **SMALL.get(name, {}))

@@ -23,14 +23,6 @@ from lowbit.report import write_probe_report
 from lowbit.runs import read_records, write_run_files
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class TinyBinaryCNN(nn.Module):
     """float conv -> BN -> [BN -> sign -> binary conv] x 2 with a residual -> pool -> linear."""
 
@@ -259,3 +251,22 @@ def test_network_task_from_a_training_run(tmp_path):
     assert task.images.shape[-1] == 8  # the run's image size (native), not the probe default
     with pytest.raises(FileNotFoundError, match="no run directory"):
         NetworkTask(NetworkConfig(checkpoint=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize("name", __import__("lowbit.models", fromlist=["list_models"]).list_models())
+def test_every_zoo_model_takes_the_folded_path_and_agrees_with_plain_forwards(name):
+    from lowbit.probe.network import probe_layers
+
+    torch.manual_seed(0)
+    kwargs = {"width": 2} if name in ("resnet18", "xnor_resnet18") else {}
+    model = use_batch_statistics(create_model(name, num_classes=10, in_channels=1, **kwargs).double()).eval()
+    shape = tuple(getattr(model, "input_shape", (1, 32, 32)))
+    batch = (torch.randn(4, *shape, dtype=torch.float64), torch.randint(0, 10, (4,)))
+    layers = probe_layers(model)
+    param = layers[len(layers) // 2] + ".weight"
+    objective = GraphObjective(model, batch, params=[param])
+    assert objective.folded, objective.fallback_reason
+    w = objective.params[param]
+    stacked = {param: w.unsqueeze(0) + 0.1 * torch.randn(3, *w.shape, dtype=torch.float64)}
+    plain = ModuleObjective(model, batch, loss_fn=F.cross_entropy, params=[param])
+    assert torch.allclose(objective.losses(stacked), plain.losses(stacked), atol=1e-10, rtol=0)

@@ -10,15 +10,6 @@ from lowbit.estimators import get_estimator
 from lowbit.probe.linesearch import line_search, notes_lr_grid
 from lowbit.probe.toy import ToyTask, layer_name
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ACTS = ["ste", "swish_sign", "none", "step01", {"name": "uniform_act", "levels": 2}, {"name": "uniform_act", "levels": 3}]
 
 

@@ -17,14 +17,6 @@ LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")  # LeNet-5's Conv2d/Linear la
 STEPS = 4  # 2 epochs x 2 steps of 32 images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**extra: object):
     """LeNet-5 on 64 digits images, 2 epochs of 2 steps: well under a second a run."""
     base = {

@@ -160,7 +160,7 @@ class GraphObjective(ModuleObjective):
         # flip): pruning is checked there only, which keeps the comparisons cheap.
         from lowbit.quant import Quantizer
 
-        self.checkpoints = {
+        self.prune_points = {
             n
             for n in self.dependent
             if n in self.batch_like and n.op == "call_module" and isinstance(self.submodules.get(str(n.target)), Quantizer)
@@ -273,7 +273,7 @@ class GraphObjective(ModuleObjective):
                 del env[done]
             if node is self.output_node:
                 break
-            if prune and node in self.checkpoints and len(alive) > 0:
+            if prune and node in self.prune_points and len(alive) > 0:
                 changed = self._members_differ(node, env[node], len(alive))
                 for live, value in env.items():
                     if live is node or bool(changed.all()):

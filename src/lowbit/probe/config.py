@@ -206,9 +206,11 @@ def expand_estimators(entries: List[Dict[str, Any]]) -> List[EstimatorSpec]:
 
     ``{name: nes, population: [500, 5000]}`` → ``nes(population=500)``, ``nes(population=5000)``.
     The default label is the estimator name plus the parameters that tell it apart
-    (``ste(surrogate=swish_sign)``).
+    (``ste(surrogate=swish_sign)``); default labels that would clash show every
+    parameter (``ste(surrogate=ste_clipped,clip=0.2)``).
     """
     specs: List[EstimatorSpec] = []
+    defaults = set()  # labels made here (not given by the user)
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "name" not in entry:
             raise ValueError(f"estimators[{index}] must be a mapping with a 'name' key, got {entry!r}")
@@ -225,7 +227,15 @@ def expand_estimators(entries: List[Dict[str, Any]]) -> List[EstimatorSpec]:
             else:
                 shown = {**({"surrogate": fixed["surrogate"]} if "surrogate" in fixed else {}), **combo}
                 this_label = f"{name}({_kv(shown)})" if shown else name
+                defaults.add(this_label)
             specs.append(EstimatorSpec(this_label, name, params))
+    labels = [s.label for s in specs]
+    clashing = {x for x in labels if labels.count(x) > 1}
+    # Default labels that clash (e.g. two ste_clipped with different clip) show every parameter instead.
+    specs = [
+        EstimatorSpec(f"{s.name}({_kv(s.params)})", s.name, s.params) if s.label in clashing and s.label in defaults else s
+        for s in specs
+    ]
     labels = [s.label for s in specs]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
