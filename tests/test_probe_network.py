@@ -270,3 +270,26 @@ def test_every_zoo_model_takes_the_folded_path_and_agrees_with_plain_forwards(na
     stacked = {param: w.unsqueeze(0) + 0.1 * torch.randn(3, *w.shape, dtype=torch.float64)}
     plain = ModuleObjective(model, batch, loss_fn=F.cross_entropy, params=[param])
     assert torch.allclose(objective.losses(stacked), plain.losses(stacked), atol=1e-10, rtol=0)
+
+
+def test_network_probe_on_a_cifar10_archive(tmp_path):
+    """CIFAR-10 read from a (tiny, synthetic) archive in the standard format, at its native 32x32."""
+    from test_data import write_cifar_archive
+
+    from lowbit.data.cifar import CIFAR10
+
+    write_cifar_archive(tmp_path, CIFAR10)
+    config = network_config(
+        network={"model": {"name": "xnor_resnet18", "width": 1}, "dataset": "cifar10", "data_dir": str(tmp_path),
+                 "image_size": None, "batch_size": 8},
+        probe={"layers": ["layer1.0.conv1"], "inits": 1, "batches": 1},
+        stats={"batches": 2, "batch_size": 4},
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_run_files(run_dir, config)
+    assert run_grid(config, run_dir, progress=False) == 2
+    records = read_records(run_dir / "records.csv")
+    assert {r["dim"] for r in records if r.get("probed_layer") == "layer1.0.conv1"} == {1 * 1 * 9}  # 3x3 conv, width 1
+    with pytest.raises(ValueError, match="cifar"):
+        prepare(network_config(network={"dataset": "cifar10", "data_dir": str(tmp_path / "nothing")}))
