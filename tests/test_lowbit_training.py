@@ -286,6 +286,27 @@ def test_clip_interval_reuses_the_clip_fraction():
     assert "clip_interval=3" in repr(quantizer)
 
 
+def test_clip_schedule_state_round_trip():
+    """A resumed run continues the clip_interval schedule where the checkpoint left it (lowbit train saves it)."""
+    gen = torch.Generator().manual_seed(1)
+
+    def sharp(spike: float) -> torch.Tensor:  # a different optimal clip fraction for each spike height
+        return torch.cat([torch.randn(1000, generator=gen), torch.tensor([spike])])
+
+    passes = [sharp(s) for s in (30.0, 5.0, 3.0, 60.0, 8.0)]
+    original = GradientQuantizer(4, rounding="nearest", clip="direction", clip_interval=3)
+    for g in passes[:2]:  # a search, then one reuse: the next pass reuses the first fraction
+        original.quantize(g)
+    restored = GradientQuantizer(4, rounding="nearest", clip="direction", clip_interval=3)
+    restored.load_schedule_state(original.schedule_state())
+    fresh = GradientQuantizer(4, rounding="nearest", clip="direction", clip_interval=3)  # no state: searches now
+    reused = original.quantize(passes[2])
+    assert torch.equal(restored.quantize(passes[2]), reused)
+    assert not torch.equal(fresh.quantize(passes[2]), reused)  # the state matters on this pass
+    for g in passes[3:]:  # search, reuse: the same on both
+        assert torch.equal(restored.quantize(g), original.quantize(g))
+
+
 def test_clip_search_bin_sums_agree_on_both_paths():
     from lowbit.quant.lowbit_training import _below_edges
 

@@ -183,3 +183,22 @@ def test_resume_of_quantized_run_is_exact_and_does_not_duplicate_stats(runs, tmp
     assert _metrics_without_time(run_dir) == _metrics_without_time(reference) and _same_weights(run_dir, reference)
     for name in ("grad_stats.csv", "grad_hist.csv"):
         assert _csv_rows(run_dir / name) == _csv_rows(reference / name), name  # same rows, none twice
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_resume_continues_the_periodic_clip_schedule(tmp_path, monkeypatch, no_plots):
+    """Direction-sensitive clipping searched every 3rd pass: the checkpoint carries the schedule."""
+    config = tiny(**{"quant.w_bits": 8, "quant.g_clip": "direction", "quant.e_clip": "direction", "quant.clip_interval": 3,
+                     "run.grad_stats_every": 0})
+    reference = train(config, run_dir=tmp_path / "reference")
+    monkeypatch.setenv(INTERRUPT_ENV, "2")  # stop after step 2: pass 2 of the 3-pass interval
+    with pytest.raises(TrainingInterrupted):
+        train(config, run_dir=tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["quantizer_schedules"] and all(s["calls"] == 2 for s in state["quantizer_schedules"].values())
+    monkeypatch.delenv(INTERRUPT_ENV)
+    train(resume=tmp_path / "run")
+    assert _metrics_without_time(tmp_path / "run") == _metrics_without_time(reference)
+    assert _same_weights(tmp_path / "run", reference)
+    final = [load_checkpoint(d / "checkpoints" / "last.pt")["quantizer_schedules"] for d in (tmp_path / "run", reference)]
+    assert final[0] == final[1]  # the schedule went on from pass 2, not from 0

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -506,6 +506,17 @@ class GradientQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _QuantizeBackward.apply(x, self.quantize)
+
+    # The clip_interval schedule is state that a training checkpoint must carry to resume exactly. It is
+    # not in state_dict, so that a quantized model's weights still load into its float twin.
+    def schedule_state(self) -> Dict[str, Any]:
+        """The clip schedule: backward passes seen and the last searched clip fraction (plain types)."""
+        return {"calls": self._calls, "clip_fraction": self._clip_fraction}
+
+    def load_schedule_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`schedule_state`."""
+        self._calls = int(state["calls"])
+        self._clip_fraction = None if state["clip_fraction"] is None else float(state["clip_fraction"])
 
     def extra_repr(self) -> str:
         periodic = self.clip == "direction" and self.clip_interval > 1

@@ -11,7 +11,9 @@ Python values, so it loads with ``torch.load(weights_only=True)``:
 - ``rng``: every random state the run uses, as tensors (data order and augmentation
   generators, torch's global CPU and CUDA generators, Python's ``random``, numpy's),
 - ``metrics``: the per-epoch records so far (metrics.csv is rewritten from them on resume),
-- ``complete``: whether training finished; ``num_params``; ``config`` (plain types).
+- ``complete``: whether training finished; ``num_params``; ``config`` (plain types),
+- ``quantizer_schedules``: per gradient quantizer of a low-bit run, the clip schedule
+  (``clip_interval``: backward passes seen, last clip fraction), which is not in the state dict.
 
 It is written through a temporary file and a rename (``atomic_torch_save``),
 so an interrupt during the write leaves the previous checkpoint intact.

@@ -336,6 +336,19 @@ def _rewrite_metrics(path: Path, rows: List[Dict[str, Any]]) -> None:
         path.unlink(missing_ok=True)
 
 
+def _quantizer_schedules(model: nn.Module) -> Dict[str, Dict[str, Any]]:
+    """The clip schedules of the model's gradient quantizers (``clip_interval``): checkpoint state."""
+    from lowbit.quant import GradientQuantizer
+
+    return {name: m.schedule_state() for name, m in model.named_modules() if isinstance(m, GradientQuantizer)}
+
+
+def _restore_quantizer_schedules(model: nn.Module, schedules: Dict[str, Dict[str, Any]]) -> None:
+    modules = dict(model.named_modules())
+    for name, schedule in schedules.items():
+        modules[name].load_schedule_state(schedule)
+
+
 def _keep_grad_stats_before(run_dir: Path, step: int) -> None:
     """On resume: drop the gradient-statistics rows of steps >= ``step`` (the resumed run records them again).
 
@@ -475,6 +488,7 @@ def train(
             sums = dict(state["epoch_sums"])
             history = list(state["metrics"])
             restore_rng(state["rng"], generators)
+            _restore_quantizer_schedules(model, state.get("quantizer_schedules", {}))
             _rewrite_metrics(run_dir / METRICS_FILE, history)
             _keep_grad_stats_before(run_dir, step)
         metrics_writer = RecordWriter(run_dir / METRICS_FILE)
@@ -518,6 +532,7 @@ def train(
                     "complete": complete,
                     "num_params": setup.num_params,
                     "config": to_dict(cfg),
+                    "quantizer_schedules": _quantizer_schedules(model),
                 },
             )
 
