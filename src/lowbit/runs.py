@@ -20,7 +20,7 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -170,13 +170,18 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def read_records(path: PathLike) -> List[Dict[str, Any]]:
-    """Read a records CSV; numbers come back as int/float, blanks as None."""
+def read_records(path: PathLike, text_columns: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Read a records CSV; numbers come back as int/float, blanks as None.
+
+    Columns in ``text_columns`` stay text (a layer named "0" or "1.10" is a name, not a number).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no records file at {str(path)!r}: was the run started?")
     with path.open(newline="") as handle:
-        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [
+            {k: (v if k in text_columns else _parse_cell(v)) for k, v in row.items()} for row in csv.DictReader(handle)
+        ]
 
 
 def _parse_cell(text: Optional[str]) -> Any:

@@ -40,7 +40,7 @@ STATS_TITLES = {
 def write_probe_report(run_dir: Path) -> Path:
     """(Re)build ``report.md`` and ``plots/*.png`` of a probe run from its records."""
     run_dir = Path(run_dir)
-    records = read_records(run_dir / "records.csv")
+    records = read_records(run_dir / "records.csv", text_columns=("unit", "estimator", "layer", "probed_layer"))
     config = _read_yaml(run_dir / "config.yaml")
     meta = _read_yaml(run_dir / "meta.yaml")
     sweep_keys = list((config.get("probe") or {}).get("sweep") or {})

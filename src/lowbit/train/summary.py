@@ -34,14 +34,13 @@ Low-bit runs add (each section only when its file exists):
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from lowbit.runs import _parse_cell, atomic_write_text, read_records
+from lowbit.runs import atomic_write_text, read_records
 
 PathLike = Union[str, Path]
 
@@ -378,10 +377,7 @@ _TEXT_COLUMNS = ("layer", "kind", "scale", "rounding")  # kept as text (a layer 
 
 def read_stats(path: PathLike) -> List[Dict[str, Any]]:
     """Rows of ``grad_stats.csv`` / ``grad_hist.csv`` / ``storage.csv``: numbers parsed, names kept as text."""
-    with Path(path).open(newline="") as handle:
-        return [
-            {k: (v if k in _TEXT_COLUMNS else _parse_cell(v)) for k, v in r.items()} for r in csv.DictReader(handle)
-        ]
+    return read_records(path, text_columns=_TEXT_COLUMNS)
 
 
 def _layer_order(records: Sequence[Mapping[str, Any]], storage: Sequence[Mapping[str, Any]]) -> List[str]:
