@@ -219,3 +219,14 @@ def test_models_table_lists_every_model():
     for name in list_models():
         assert name in text
     assert "11,173,962" in text
+
+
+def test_cli_models_prints_one_model_layer_by_layer(capsys):
+    from lowbit.cli import main
+
+    assert main(["models", "xnor_resnet18", "width=2", "--input-shape", "1,8,8"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1 (BinaryConv2d)" in out and "(1, 1, 8, 8)" in out
+    assert "| lenet5 |" not in out  # not the zoo table
+    assert main(["models", "width=2"]) == 2  # keywords without a name
+    assert "need a model name first" in capsys.readouterr().err

@@ -1,4 +1,10 @@
-"""``lowbit models``: the model zoo as a table (parameters, size, precision, MACs)."""
+"""``lowbit models [NAME key=value ...]``: the model zoo as a table, or one model layer by layer.
+
+Without a name: every model's parameters, size, precision and MACs. With a
+name: that model's per-layer summary (the layer names are what
+``probe.layers`` of a network probe takes), built with the given keywords,
+e.g. ``lowbit models xnor_resnet18 width=8 --input-shape 1,32,32``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="a model name: print its layers (default: the table of every model)")
+    parser.add_argument("kwargs", nargs="*", help="create_model keywords for NAME, e.g. width=8")
     parser.add_argument(
         "--input-shape",
         default="3,32,32",
@@ -22,5 +30,28 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--input-shape must be C,H,W integers like 3,32,32, got {args.input_shape!r}") from None
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"--input-shape must be three positive integers C,H,W, got {args.input_shape!r}")
-    print(models_table(input_shape=shape))
+    if args.name is not None and "=" in args.name:  # keywords without a name
+        args.kwargs, args.name = [args.name, *args.kwargs], None
+    if args.name is None:
+        if args.kwargs:
+            raise ValueError(f"keywords {args.kwargs} need a model name first, e.g. lowbit models xnor_resnet18 width=8")
+        print(models_table(input_shape=shape))
+        return 0
+    print(_one_model(args.name, args.kwargs, shape))
     return 0
+
+
+def _one_model(name: str, pairs: list, shape: tuple) -> str:
+    import yaml
+
+    from lowbit.models import create_model, format_summary, summary
+
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"model keywords are key=value, got {pair!r}")
+        kwargs[key] = yaml.safe_load(value)
+    model = create_model(name, in_channels=shape[0], **kwargs)
+    own = tuple(getattr(model, "input_shape", shape))
+    return format_summary(summary(model, shape if len(own) == len(shape) else own))

@@ -97,7 +97,7 @@ class ProbeGridConfig:
     inits: int = 2  # independent teacher/student initialisations; notes: 3
     batches: int = 2  # batches measured per init; notes: 10
     # Toy: "all" or layer indices, e.g. [0] = first layer only. Network: layer names, e.g.
-    # [layer1.0.conv1, layer4.1.conv2] (module or parameter names; `lowbit models` lists them), or "all".
+    # [layer1.0.conv1, layer4.1.conv2] (module or parameter names; `lowbit models xnor_resnet18 width=8` lists them), or "all".
     layers: Union[str, List[Union[int, str]]] = "all"
     sweep: Dict[str, List[Any]] = field(default_factory=dict)  # task keys to vary, e.g. {act: [ste, none]}
 
