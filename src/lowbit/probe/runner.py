@@ -347,28 +347,48 @@ def measure_stats_unit(
 
 
 def report_time_estimate(config: ProbeConfig, specs: Sequence[EstimatorSpec], task: Any, layers: Sequence[str], bar: Any) -> float:
-    """Print, before the work starts, how long CDG will take per layer (timed on a few coordinates)."""
-    cdg = [s for s in specs if s.name == "cdg"]
-    if not cdg:
-        return 0.0
+    """Print, before the work starts, how long the run will take per layer; return the total seconds.
+
+    Timed on the first task: CDG on 8 random coordinates per layer (pruning makes
+    its cost depend on ε), and one loss evaluation with every coordinate moved,
+    which is what each point of a line search and each NES member costs.
+    """
     lines, total = [], 0.0
     units_per_layer = config.probe.batches * config.probe.inits * len(task_conditions(config))
+    line_points = config.measure.lr_grid.num + 1  # the grid and the quick-check lr
     for layer in layers:
         objective = task.objective(layer, batch=0)
-        for spec in cdg:
-            seconds = time_per_evaluation(objective, float(spec.params.get("eps", 0.1)))
-            coords = min(objective.numel(), spec.params.get("coords") or objective.numel())
-            evaluations = coords * (2 if spec.params.get("central", True) else 1)
-            layer_seconds = evaluations * seconds * units_per_layer
-            total += layer_seconds
-            lines.append(
-                f"  {spec.label} on {layer}: {coords} of {objective.numel()} coordinates x "
-                f"{evaluations // coords} steps x {units_per_layer} units, {seconds * 1e3:.1f} ms per evaluation: "
-                f"~{_duration(layer_seconds)}"
-            )
-    bar.write("lowbit probe: estimated CDG time (timed on 8 coordinates per layer):\n" + "\n".join(lines)
+        full = time_per_full_evaluation(objective)
+        parts = [f"line searches {len(specs)} x {line_points} evaluations"]
+        seconds = len(specs) * line_points * full
+        for spec in specs:
+            if spec.name == "cdg":
+                per = time_per_evaluation(objective, float(spec.params.get("eps", 0.1)))
+                coords = min(objective.numel(), spec.params.get("coords") or objective.numel())
+                evaluations = coords * (2 if spec.params.get("central", True) else 1)
+                seconds += evaluations * per
+                parts.append(f"{spec.label}: {coords} of {objective.numel()} coordinates at {per * 1e3:.1f} ms")
+            elif spec.name == "nes":
+                seconds += int(spec.params.get("population", 100)) * full
+        total += seconds * units_per_layer
+        lines.append(
+            f"  {layer}: {', '.join(parts)} ({full * 1e3:.1f} ms each); "
+            f"{units_per_layer} units: ~{_duration(seconds * units_per_layer)}"
+        )
+    bar.write("lowbit probe: estimated time (timed on this machine before starting):\n" + "\n".join(lines)
               + f"\n  total ~{_duration(total)}", file=sys.stderr)
     return total
+
+
+def time_per_full_evaluation(objective: Any, members: int = 4) -> float:
+    """Seconds per loss evaluation with every studied coordinate moved (a line-search point)."""
+    generator = torch.Generator().manual_seed(0)
+    direction = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in objective.params.items()}
+    lrs = torch.full((members,), 1e-3, dtype=torch.float64)
+    objective.line_losses(direction, lrs[:1])  # warm-up
+    start = time.perf_counter()
+    objective.line_losses(direction, lrs)
+    return (time.perf_counter() - start) / members
 
 
 def time_per_evaluation(objective: Any, step: float, members: int = 8) -> float:
