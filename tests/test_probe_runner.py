@@ -41,6 +41,8 @@ def test_expand_estimators_labels():
     assert specs[1].params == {"population": 50, "sigma": 0.1}
     with pytest.raises(ValueError, match="unique"):
         expand_estimators([{"name": "cdg"}, {"name": "cdg"}])
+    windows = expand_estimators([{"name": "ste", "surrogate": "ste_clipped"}, {"name": "ste", "surrogate": "ste_clipped", "clip": 0.2}])
+    assert [s.label for s in windows] == ["ste(surrogate=ste_clipped)", "ste(surrogate=ste_clipped,clip=0.2)"]
 
 
 def test_measure_helpers_against_hand_values():

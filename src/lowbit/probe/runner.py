@@ -375,8 +375,17 @@ def report_time_estimate(config: ProbeConfig, specs: Sequence[EstimatorSpec], ta
             f"  {layer}: {', '.join(parts)} ({full * 1e3:.1f} ms each); "
             f"{units_per_layer} units: ~{_duration(seconds * units_per_layer)}"
         )
-    bar.write("lowbit probe: estimated time (timed on this machine before starting):\n" + "\n".join(lines)
-              + f"\n  total ~{_duration(total)}", file=sys.stderr)
+    left_out = [
+        name
+        for name, present in (
+            ("pretraining", config.network.pretrain_epochs or any(config.probe.sweep.get("pretrain_epochs", []))),
+            ("the STE statistics", config.stats.batches),
+        )
+        if present
+    ]
+    extra = f", plus {' and '.join(left_out)}" if left_out else ""
+    bar.write("lowbit probe: estimated time of the layer units (timed on this machine before starting):\n"
+              + "\n".join(lines) + f"\n  total ~{_duration(total)}{extra}", file=sys.stderr)
     return total
 
 
