@@ -293,3 +293,18 @@ def test_network_probe_on_a_cifar10_archive(tmp_path):
     assert {r["dim"] for r in records if r.get("probed_layer") == "layer1.0.conv1"} == {1 * 1 * 9}  # 3x3 conv, width 1
     with pytest.raises(ValueError, match="cifar"):
         prepare(network_config(network={"dataset": "cifar10", "data_dir": str(tmp_path / "nothing")}))
+
+
+def test_per_tensor_activation_scales_are_detected_and_fall_back():
+    """8-bit activations with one max-abs scale per tensor mix the folded members: not folded, still exact."""
+    from lowbit.nn import quantize_model
+
+    torch.manual_seed(0)
+    model = use_batch_statistics(quantize_model(create_model("lenet5", num_classes=10, in_channels=1, input_size=32)).double()).eval()
+    batch = (torch.randn(6, 1, 32, 32, dtype=torch.float64), torch.randint(0, 10, (6,)))
+    objective = GraphObjective(model, batch, params=["conv2.weight"])
+    assert not objective.folded and "disagrees" in objective.fallback_reason
+    w = objective.params["conv2.weight"]
+    stacked = {"conv2.weight": w.unsqueeze(0) * torch.tensor([1.0, 2.0], dtype=torch.float64).reshape(2, 1, 1, 1, 1)}
+    plain = ModuleObjective(model, batch, loss_fn=F.cross_entropy, params=["conv2.weight"])
+    assert torch.equal(objective.losses(stacked), plain.losses(stacked))

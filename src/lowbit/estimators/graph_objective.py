@@ -20,7 +20,7 @@ its graph:
   with groups = P), BatchNorm with batch statistics (statistics per member,
   over its own N samples) and the loss (one value per member). Operations on
   the studied weight alone (the weight quantizer, e.g. sign(W)·mean|W|) are
-  ``vmap``-ed over the members.
+  ``vmap``-ed over the members (looped where vmap cannot batch them).
 
 **Exact pruning of unchanged members.** After every dependent node, a member
 whose every still-needed dependent value equals the unperturbed network's
@@ -71,12 +71,11 @@ class _UnsupportedGraph(Exception):
 
 
 class _LeafTracer(fx.Tracer):
-    """torch.nn modules and lowbit quantizers are leaves (their internals are not traced)."""
+    """torch.nn modules and every module without submodules (quantizers, whose autograd
+    Functions fx cannot trace) are leaves: called as a whole, not traced into."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        from lowbit.quant import Quantizer
-
-        return isinstance(module, Quantizer) or super().is_leaf_module(module, qualified_name)
+        return next(module.children(), None) is None or super().is_leaf_module(module, qualified_name)
 
 
 class GraphObjective(ModuleObjective):
@@ -111,6 +110,7 @@ class GraphObjective(ModuleObjective):
         super().__init__(module, batch, loss_fn=loss_fn, params=params, activations=activations, chunk=chunk)
         self.prune_unchanged = prune_unchanged
         self.fallback_reason: Optional[str] = None
+        self._loop_nodes: Set[fx.Node] = set()  # weight-branch nodes that vmap cannot batch
         self.pruned_members = 0  # members dropped early by exact pruning, over all calls (for benchmarks)
         self.evaluated_members = 0
         try:
@@ -229,10 +229,14 @@ class GraphObjective(ModuleObjective):
         for name, p in self.params.items():
             noise = torch.randn((2, *p.shape), generator=generator, dtype=p.dtype)
             scale = p.detach().abs().mean().clamp_min(1e-3)
-            stacked[name] = p.unsqueeze(0) + 0.5 * scale * noise
+            # Different magnitudes, so that a per-tensor statistic (a max-abs quantizer scale)
+            # shared across the folded members shows.
+            magnitude = torch.tensor([1.0, 3.0], dtype=p.dtype).reshape(2, *([1] * p.dim()))
+            stacked[name] = magnitude * (p.unsqueeze(0) + 0.5 * scale * noise)
         folded = self._folded_losses(stacked, prune=False)
         plain = torch.tensor([float(self.loss({k: v[i] for k, v in stacked.items()})) for i in range(2)], dtype=torch.float64)
-        if not torch.allclose(folded, plain, rtol=1e-4, atol=1e-6):
+        exact = all(p.dtype == torch.float64 for p in self.params.values())
+        if not torch.allclose(folded, plain, rtol=1e-10 if exact else 2e-5, atol=1e-12 if exact else 1e-6):
             raise _UnsupportedGraph(
                 f"the folded evaluation disagrees with plain forward passes ({folded.tolist()} vs {plain.tolist()}): "
                 "the module mixes samples across the batch in a way GraphObjective does not handle"
@@ -384,7 +388,13 @@ class GraphObjective(ModuleObjective):
                 return node.target(*args, **kwargs)
             return getattr(args[0], node.target)(*args[1:], **kwargs)
 
-        return torch.func.vmap(one)(*[env[a] for a in stacked_args])
+        members = [env[a] for a in stacked_args]
+        if node not in self._loop_nodes:
+            try:
+                return torch.func.vmap(one)(*members)
+            except Exception:  # e.g. an autograd.Function vmap cannot batch: loop over the (small) weights
+                self._loop_nodes.add(node)
+        return torch.stack([one(*values) for values in zip(*members)])
 
     def _member_layer(self, node: fx.Node, module: nn.Module, local: Mapping[str, torch.Tensor], value_of, members: int) -> torch.Tensor:
         """A leaf nn.Conv2d / nn.Linear whose own weight (and bias) are studied."""
