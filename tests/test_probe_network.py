@@ -308,3 +308,19 @@ def test_per_tensor_activation_scales_are_detected_and_fall_back():
     stacked = {"conv2.weight": w.unsqueeze(0) * torch.tensor([1.0, 2.0], dtype=torch.float64).reshape(2, 1, 1, 1, 1)}
     plain = ModuleObjective(model, batch, loss_fn=F.cross_entropy, params=["conv2.weight"])
     assert torch.equal(objective.losses(stacked), plain.losses(stacked))
+
+
+@pytest.mark.parametrize("name", ["2.weight", "4.weight", "0.weight", "0.bias"])
+def test_binary_mlp_with_batchnorm1d_folds_exactly(name):
+    from lowbit.nn import BinaryLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), BinaryLinear(8, 7), nn.BatchNorm1d(7), BinaryLinear(7, 3))
+    model = use_batch_statistics(model.double()).eval()
+    batch = (torch.randn(10, 6, dtype=torch.float64), torch.randint(0, 3, (10,)))
+    objective = GraphObjective(model, batch, params=[name])
+    assert objective.folded, objective.fallback_reason
+    w = objective.params[name]
+    stacked = {name: w.unsqueeze(0) + 0.3 * torch.randn(5, *w.shape, dtype=torch.float64)}
+    plain = ModuleObjective(model, batch, loss_fn=F.cross_entropy, params=[name])
+    assert torch.allclose(objective.losses(stacked), plain.losses(stacked), atol=1e-12, rtol=0)
