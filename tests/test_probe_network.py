@@ -90,8 +90,10 @@ def test_xnor_resnet_cdg_equals_naive_loop_and_prunes():
     # conv1 feeds BN -> sign only: a move that flips no weight sign changes no activation,
     # so the member stops at the first sign and its loss change is exactly 0.
     objective = GraphObjective(model, batch, params=["layer1.0.conv1.weight"])
+    assert objective.channel_chain is not None  # conv -> BN -> sign: the one-channel pre-filter applies
     CDG(eps=1e-3).estimate(objective)
     assert objective.pruned_members > 0
+    assert GraphObjective(model, batch, params=["layer1.0.conv2.weight"]).channel_chain is None  # residual: no
 
 
 def test_graph_objective_falls_back_when_the_batch_is_mixed():

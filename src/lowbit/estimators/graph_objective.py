@@ -33,6 +33,16 @@ BatchNorm, which is invariant to the channel scale mean|W|) stops at the first
 sign activation. ``prune_unchanged=False`` turns this off (same results, for
 checking).
 
+**Channel pre-filter.** When the studied weight is that of a conv whose output
+goes only into a BatchNorm and then only into a sign activation (the first
+conv of every XNOR block), a member that changes one output channel of the
+quantized weight (a single-coordinate move, as in CDG: sign(w) or the scale
+mean|W| of that channel) can change the sign activation in that channel only.
+Such members are first evaluated on that channel alone, conv → BatchNorm →
+sign, one channel per member (1/C_out of the work), and those whose signs do
+not change are pruned before the full folded conv; the rest continue as
+usual.
+
 **Safety.** At construction the folded evaluation of two different random
 members is compared with two plain forward passes; an operation that mixes
 samples across the batch in a way this module does not know (anything but
@@ -55,7 +65,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.estimators.objective import ModuleObjective, stacked_size
+from lowbit.estimators.objective import ModuleObjective, is_sign_activation, stacked_size
 
 # Folded activations per ``losses`` chunk: members × (bytes of the dependent
 # activations of one member) stays under this many bytes.
@@ -110,6 +120,7 @@ class GraphObjective(ModuleObjective):
         super().__init__(module, batch, loss_fn=loss_fn, params=params, activations=activations, chunk=chunk)
         self.prune_unchanged = prune_unchanged
         self.fallback_reason: Optional[str] = None
+        self.channel_chain: Optional[_ChannelChain] = None
         self._loop_nodes: Set[fx.Node] = set()  # weight-branch nodes that vmap cannot batch
         self.pruned_members = 0  # members dropped early by exact pruning, over all calls (for benchmarks)
         self.evaluated_members = 0
@@ -179,6 +190,7 @@ class GraphObjective(ModuleObjective):
         position = {node: i for i, node in enumerate(self.nodes)}
         self.last_use = {node: max((position[u] for u in node.users), default=position[node]) for node in self.nodes}
         self._cache_constants()
+        self.channel_chain = _ChannelChain.find(self)
 
     def _cache_constants(self) -> None:
         """Evaluate the graph once at the current params: cache constants and base values."""
@@ -271,6 +283,20 @@ class GraphObjective(ModuleObjective):
         for node in self.nodes:
             if node not in self.dependent or node in self.studied_attr:
                 continue
+            if prune and self.channel_chain is not None and node is self.channel_chain.conv and len(alive) > 0:
+                with torch.no_grad():
+                    unchanged = self.channel_chain.unchanged_members(self, env, stacked)
+                if bool(unchanged.any()):
+                    if base_loss is None:
+                        base_loss = self._base_loss()
+                    result[alive[unchanged]] = base_loss
+                    self.pruned_members += int(unchanged.sum())
+                    keep = (~unchanged).nonzero().reshape(-1)
+                    env = {n: self._select(n, v, keep, len(alive)) for n, v in env.items()}
+                    stacked = {k: v[keep] for k, v in stacked.items()}
+                    alive = alive[keep]
+                    if len(alive) == 0:
+                        return result
             with torch.no_grad():
                 env[node] = self._dependent(node, env, stacked, alive)
             for done in [n for n in env if self.last_use[n] <= position[node] and n is not node]:
@@ -418,6 +444,99 @@ class GraphObjective(ModuleObjective):
             values = {"input": x, "weight": local["weight"], "bias": bias}
             return _member_op(F.linear, values, members, input_folded, "bias" in local, self.batch_size)
         raise _UnsupportedGraph(f"module {node.target} ({type(module).__name__}) owns a studied parameter")
+
+
+class _ChannelChain:
+    """studied conv -> BatchNorm -> sign, each the only user of the previous: the channel pre-filter."""
+
+    def __init__(self, conv: fx.Node, weight: Any, x: fx.Node, spec: Dict[str, Any], bn: nn.Module, sign: fx.Node) -> None:
+        self.conv, self.weight, self.x, self.spec, self.bn, self.sign = conv, weight, x, spec, bn, sign
+
+    @staticmethod
+    def find(objective: "GraphObjective") -> Optional["_ChannelChain"]:
+        if len(objective.params) != 1:
+            return None
+        (name,) = objective.params
+        for node in objective.nodes:
+            found = _ChannelChain._conv(objective, node, name)
+            if found is None:
+                continue
+            weight, x, spec = found
+            users = list(node.users)
+            if len(users) != 1 or users[0].op != "call_module":
+                return None
+            bn = objective.submodules[str(users[0].target)]
+            if not isinstance(bn, nn.BatchNorm2d) or len(users[0].args) != 1:
+                return None
+            after = list(users[0].users)
+            sign = after[0] if len(after) == 1 else None
+            if sign is None or sign.op != "call_module" or not is_sign_activation(objective.submodules[str(sign.target)]):
+                return None
+            return _ChannelChain(node, weight, x, spec, bn, sign)
+        return None
+
+    @staticmethod
+    def _conv(objective: "GraphObjective", node: fx.Node, name: str):
+        """(weight node or studied name, input node, conv options) if ``node`` is the studied conv."""
+        if node.op == "call_function" and node.target in (F.conv2d, torch.conv2d):
+            bound = dict(zip(_CONV_ARGS, node.args))
+            bound.update(node.kwargs)
+            weight, x = bound.get("weight"), bound.get("input")
+            if not (isinstance(weight, fx.Node) and weight in objective.dependent and weight not in objective.batch_like):
+                return None
+            bias = bound.get("bias")
+            if isinstance(bias, fx.Node) and bias in objective.dependent:
+                return None
+            spec = {k: bound.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))}
+            spec["bias"] = objective.base_values[bias] if isinstance(bias, fx.Node) else bias
+        elif node.op == "call_module" and f"{node.target}.weight" == name:
+            module = objective.submodules[str(node.target)]
+            if type(module) is not nn.Conv2d or module.padding_mode != "zeros" or len(node.args) != 1:
+                return None
+            weight, x = name, node.args[0]
+            spec = {"stride": module.stride, "padding": module.padding, "dilation": module.dilation,
+                    "groups": module.groups, "bias": module.bias}
+        else:
+            return None
+        if spec["groups"] != 1 or isinstance(spec["padding"], str):
+            return None
+        if not isinstance(x, fx.Node) or x in objective.dependent:
+            return None
+        return weight, x, spec
+
+    def unchanged_members(self, objective: "GraphObjective", env: Mapping[fx.Node, Any], stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(P,) bool: members whose sign activation after the chain equals the base network's."""
+        if isinstance(self.weight, str):
+            w, base_w = stacked[self.weight], objective.params[self.weight]
+        else:
+            w, base_w = env[self.weight], objective.base_values[self.weight]
+        members, c_out = w.shape[0], w.shape[1]
+        changed = (w != base_w.unsqueeze(0)).reshape(members, c_out, -1).any(dim=2)  # (P, C_out)
+        count = changed.sum(dim=1)
+        unchanged = count == 0  # identical quantized weights: nothing downstream changes
+        single = (count == 1).nonzero().reshape(-1)
+        if len(single) == 0:
+            return unchanged
+        channel = changed[single].float().argmax(dim=1)  # (S,) the one changed output channel
+        spec, bn = self.spec, self.bn
+        bias = None if spec["bias"] is None else spec["bias"][channel]
+        x = objective.base_values[self.x]
+        y = F.conv2d(x, w[single, channel], bias, spec["stride"], spec["padding"], spec["dilation"])  # (N, S, H', W')
+        use_batch = bn.training or bn.running_mean is None
+        y = F.batch_norm(
+            y,
+            None if use_batch else bn.running_mean[channel],
+            None if use_batch else bn.running_var[channel],
+            None if bn.weight is None else bn.weight[channel],
+            None if bn.bias is None else bn.bias[channel],
+            use_batch,
+            0.0,
+            bn.eps,
+        )
+        signs = objective.submodules[str(self.sign.target)](y)
+        same = (signs == objective.base_values[self.sign][:, channel]).reshape(signs.shape[0], len(single), -1).all(dim=2).all(dim=0)
+        unchanged[single[same]] = True
+        return unchanged
 
 
 def use_batch_statistics(module: nn.Module) -> nn.Module:
