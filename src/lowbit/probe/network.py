@@ -225,7 +225,7 @@ class NetworkTask:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == self.labels[idx]).sum())
             seen = steps * c.pretrain_batch_size
             self.pretrain_log.append({"epoch": epoch, "loss": total / seen, "accuracy": correct / seen})
