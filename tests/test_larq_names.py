@@ -252,3 +252,42 @@ def test_swish_derivative_far_out_is_zero_as_larq_not_nan():
     x = torch.tensor([-30.0, 30.0], dtype=torch.float32)
     _, dq = forward_and_derivative(get_quantizer("SwishSign"), x)
     assert torch.equal(dq, torch.zeros(2)) and math.isfinite(float(dq.sum()))
+
+
+# --- one spelling of bit widths: w_bits / a_bits (/ g_bits / e_bits) everywhere ---------
+
+
+def test_bit_widths_have_one_spelling_and_the_old_one_is_a_deprecated_alias():
+    import warnings
+
+    from torch import nn
+
+    from lowbit.nn import QuantConv2d, QuantLinear, apply_quant_config, quantize_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new spelling warns about nothing
+        layer = QuantConv2d(2, 3, 3, w_bits=4, a_bits=6)
+        model = quantize_model(nn.Sequential(nn.Linear(3, 3)), w_bits=4, a_bits=6)
+        configured = apply_quant_config(nn.Sequential(nn.Linear(3, 3)), {"w_bits": 4, "a_bits": 6})
+    assert (layer.w_bits, layer.a_bits) == (4, 6) == (model[0].w_bits, model[0].a_bits)
+    assert (configured[0].w_bits, configured[0].a_bits) == (4, 6)
+    with pytest.warns(DeprecationWarning) as caught:
+        old = QuantLinear(3, 2, weight_bits=4, act_bits=6)
+    assert sorted(str(w.message).split(";")[1] for w in caught) == [" use a_bits= (the spelling of quantize_model and the quant: config)", " use w_bits= (the spelling of quantize_model and the quant: config)"]
+    assert all(w.filename == __file__ for w in caught)  # the warning points at the caller
+    assert (old.w_bits, old.a_bits) == (4, 6)
+    with pytest.warns(DeprecationWarning, match="use a_bits"):
+        assert old.act_bits == 6
+    with pytest.raises(TypeError, match="not both"), pytest.warns(DeprecationWarning):
+        QuantLinear(3, 2, w_bits=4, weight_bits=4)
+
+
+def test_one_bit_in_quant_config_points_to_binarize():
+    from torch import nn
+
+    from lowbit.nn import QuantLinear, apply_quant_config
+
+    with pytest.raises(ValueError, match="binarize:"):
+        apply_quant_config(nn.Sequential(nn.Linear(3, 3)), {"w_bits": 1})
+    with pytest.raises(ValueError, match="binary layer"):
+        QuantLinear(3, 2, w_bits=1)

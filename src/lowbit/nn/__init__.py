@@ -2,7 +2,7 @@
 
 >>> layer = BinaryConv2d(16, 32, 3, padding=1)          # sign inputs, XNOR weights
 >>> layer = BinaryLinear(64, 10, input_quantizer={"name": "ste_clipped", "clip": 0.5})
->>> layer = QuantConv2d(16, 32, 3, weight_bits=4, act_bits=4)
+>>> layer = QuantConv2d(16, 32, 3, w_bits=4, a_bits=4)
 >>> model = binarize(float_model)                       # first and last layer stay float
 
 Quantizers are given by spec: a ``lowbit.quant`` registry name, a dict
