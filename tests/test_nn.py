@@ -13,6 +13,7 @@ from lowbit.nn import (
     MaxDropout,
     QuantConv2d,
     QuantLinear,
+    DeadSignWarning,
     binarize,
     make_quantizer,
     quantizer_bits,
@@ -230,7 +231,8 @@ def test_binarize_keeps_weights_and_first_last_float():
     model = _float_net()
     weights = {name: p for name, p in model.named_parameters()}
     values = {name: p.detach().clone() for name, p in weights.items()}
-    assert binarize(model, weight_quantizer={"name": "xnor_weight", "per_channel": False}) is model
+    with pytest.warns(DeadSignWarning, match="2 \\(after ReLU '1'\\)"):  # the sign after nn.ReLU sees only x >= 0
+        assert binarize(model, weight_quantizer={"name": "xnor_weight", "per_channel": False}) == ["2", "5"]
     assert type(model[0]) is nn.Conv2d and type(model[6]) is nn.Linear  # first and last stay float
     assert isinstance(model[2], BinaryConv2d) and isinstance(model[5], BinaryLinear)
     assert model[2].bias is None and model[5].bias is not None
@@ -243,9 +245,10 @@ def test_binarize_keeps_weights_and_first_last_float():
 
 
 def test_binarize_all_layers_and_idempotent():
-    model = binarize(_float_net(), keep_first_last=False, input_quantizer=None)
+    model = _float_net()
+    assert binarize(model, keep_first_last=False, input_quantizer=None) == ["0", "2", "5", "6"]
     kinds = [type(m) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert kinds == [BinaryConv2d, BinaryConv2d, BinaryLinear, BinaryLinear]
     assert model[0].input_quantizer is None
-    again = binarize(model)
-    assert [type(m) for m in again if isinstance(m, (nn.Conv2d, nn.Linear))] == kinds
+    assert binarize(model) == []  # nothing left to convert
+    assert [type(m) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))] == kinds

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.nn.latent import check_weight_clip, clip_latent_weight_
 from lowbit.nn.spec import QuantizerSpec, fresh_quantizer
 
 
@@ -40,6 +41,9 @@ class QuantizedWeightLayer:
 
     input_quantizer: Optional[nn.Module]
     weight_quantizer: Optional[nn.Module]
+    # Larq's weight_clip constraint: after each optimizer step the training loop (or the user) calls
+    # clip_latent_weights_(), which clamps the latent weight to [-weight_clip, weight_clip]; None: no clipping.
+    weight_clip: Optional[float] = None
 
     def _set_quantizers(self, input_quantizer: QuantizerSpec, weight_quantizer: QuantizerSpec) -> None:
         # register_module accepts None, so the slot is a submodule either way
@@ -54,6 +58,10 @@ class QuantizedWeightLayer:
         weight: torch.Tensor = self.weight  # type: ignore[attr-defined]
         return weight if self.weight_quantizer is None else self.weight_quantizer(weight)
 
+    def clip_latent_weights_(self) -> None:
+        """Clamp the latent weight in place to [-weight_clip, weight_clip] (see :mod:`lowbit.nn.latent`)."""
+        clip_latent_weight_(self)
+
 
 class BinaryLinear(QuantizedWeightLayer, nn.Linear):
     """y = q_w(W) q_x(x) + b, x: (..., in_features) -> y: (..., out_features).
@@ -61,6 +69,7 @@ class BinaryLinear(QuantizedWeightLayer, nn.Linear):
     ``input_quantizer`` / ``weight_quantizer`` are quantizer specs (a registry
     name, a dict ``{"name": ..., **params}``, a module, or None for float).
     Bias defaults to False, as in XNOR-Net (a BatchNorm usually follows).
+    ``weight_clip`` (> 0 or None) is Larq's ``weight_clip`` constraint on the latent weight.
     """
 
     def __init__(
@@ -72,9 +81,11 @@ class BinaryLinear(QuantizedWeightLayer, nn.Linear):
         weight_quantizer: QuantizerSpec = "xnor_weight",
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
+        weight_clip: Optional[float] = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._set_quantizers(input_quantizer, weight_quantizer)
+        self.weight_clip = check_weight_clip(weight_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
@@ -102,6 +113,7 @@ class BinaryConv2d(QuantizedWeightLayer, nn.Conv2d):
         weight_quantizer: QuantizerSpec = "xnor_weight",
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
+        weight_clip: Optional[float] = None,
     ) -> None:
         super().__init__(
             in_channels,
@@ -117,6 +129,7 @@ class BinaryConv2d(QuantizedWeightLayer, nn.Conv2d):
             dtype=dtype,
         )
         self._set_quantizers(input_quantizer, weight_quantizer)
+        self.weight_clip = check_weight_clip(weight_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
