@@ -224,3 +224,15 @@ def test_case_optimizer_works_with_torch_lr_schedulers_and_refuses_new_groups():
     assert case.optimizers["rest"].param_groups[0]["lr"] == pytest.approx(0.05)
     with pytest.raises(TypeError, match="one of the cases"):
         case.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
+
+
+def test_case_optimizer_param_groups_stay_the_cases_after_load_state_dict():
+    """load_state_dict gives each case new group dicts; setting lr through the CaseOptimizer must still reach them."""
+    model = binary_mlp()
+    binary, rest = _split(model)
+    case = CaseOptimizer({"binary": Bop(binary), "rest": torch.optim.SGD(rest, lr=0.1)})
+    case.load_state_dict(case.state_dict())
+    for group in case.param_groups:
+        group["lr"] = 0.25
+    assert case.optimizers["rest"].param_groups[0]["lr"] == 0.25
+    assert case.param_groups[1] is case.optimizers["rest"].param_groups[0]

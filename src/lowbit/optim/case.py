@@ -80,10 +80,19 @@ class CaseOptimizer(Optimizer):
                     owner[id(p)] = name
         self.optimizers: Dict[str, Optimizer] = cases
         self._built = False
-        # The cases' own group dicts: whoever sets group["lr"] sets it for the case that owns the group.
-        super().__init__([g for o in cases.values() for g in o.param_groups], {})
+        super().__init__([{"params": []}], {})  # hooks and profiling; the groups are the cases' (below)
         self._built = True
         self.state = _CaseStates(self.optimizers)  # type: ignore[assignment]
+
+    @property
+    def param_groups(self) -> List[Dict[str, Any]]:  # type: ignore[override]
+        """The cases' own group dicts, read live: whoever sets group["lr"] sets it in the case that owns the group
+        (also after ``load_state_dict``, which gives each case new group dicts)."""
+        return [g for o in self.optimizers.values() for g in o.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, value: Any) -> None:
+        pass  # Optimizer.__init__ assigns [] here; the groups belong to the cases
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         if getattr(self, "_built", False):
@@ -91,7 +100,6 @@ class CaseOptimizer(Optimizer):
                 "add the group to one of the cases, e.g. optimizer.optimizers[name].add_param_group(...); "
                 f"cases: {', '.join(self.optimizers)}"
             )
-        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
