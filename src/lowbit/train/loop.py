@@ -155,6 +155,13 @@ def check_baseline(config: TrainConfig) -> None:
         )
 
 
+def check_config(config: TrainConfig) -> None:
+    """The checks that need no data or model: registry names, ``run.baseline``, the device."""
+    check_names(config)
+    check_baseline(config)
+    resolve_device(config.run.device)
+
+
 def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
     """For sparsity-tracking optimizers (DessiLBI): the fraction of zero Γ per layer, and overall.
 
