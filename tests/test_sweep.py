@@ -383,3 +383,21 @@ def test_probe_sweep_prints_a_time_estimate(tmp_path):
     spec = load_sweep_spec(tmp_path / "spec.yaml")
     run_sweep(spec, spec_dir=tmp_path, runs_dir=tmp_path / "runs", workers=2, progress=False, log=lines.append)
     assert any(line.startswith("estimated ") and "of cell time for 2 cells" in line for line in lines), lines
+
+
+# ---- the shipped sweep configs
+
+
+SWEEP_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("sweep-*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=[p.stem for p in SWEEP_CONFIGS])
+def test_every_shipped_sweep_config_validates_every_cell(path):
+    spec = load_sweep_spec(path)
+    _, base_file, _, cells = plan_sweep(spec, path.parent)
+    assert cells and (base_file is None or Path(base_file).is_file())
+    keys = set(spec.varied_keys) | {"dim", "init", "batch", "layer"}
+    for table in spec.tables:  # tables are laid out by keys the cells have
+        assert all(k in keys or k in ("estimator", "probed_layer") or k.count(".") for k in table.rows + table.cols), table
+    if "-digits" in path.stem or path.stem.endswith("-small"):
+        assert spec.executor == "local"  # the CPU variants run here as they are

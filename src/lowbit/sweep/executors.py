@@ -163,7 +163,7 @@ class RayExecutor:
         if self._owned and self.address:
             ray.init(address=self.address, **common)
         elif self._owned:
-            ray.init(num_cpus=self.local_cpus, num_gpus=0, _node_ip_address="127.0.0.1", **common)
+            ray.init(num_cpus=self.local_cpus, _node_ip_address="127.0.0.1", **common)  # GPUs: as Ray detects them
         resources = ray.cluster_resources()
         slots = [resources.get("CPU", 1.0) / self.num_cpus]
         if self.num_gpus > 0:

@@ -83,8 +83,7 @@ def _write(sweep_dir: Path) -> Path:
     for index, table in enumerate(spec.tables):
         lines += _table_section(spec, table, index, cells, sweep_dir)
     if command == "train":
-        if not spec.tables:
-            lines += _runs_table(spec, cells)
+        lines += _runs_table(spec, cells)
         lines += _overlays(spec, cells, sweep_dir)
     if command == "probe" and spec.split:
         lines += _merged_probe(spec, cells, sweep_dir)
