@@ -401,3 +401,65 @@ def test_every_shipped_sweep_config_validates_every_cell(path):
         assert all(k in keys or k in ("estimator", "probed_layer") or k.count(".") for k in table.rows + table.cols), table
     if "-digits" in path.stem or path.stem.endswith("-small"):
         assert spec.executor == "local"  # the CPU variants run here as they are
+
+
+# ---- the other commands and modes
+
+
+def test_analyze_sweep_cells_are_analysis_runs(tmp_path):
+    tiny = ["model.width_mult=0.0625", "train.steps=2", "probe.every=2", "probe.num_steps=2", "lr_band.lrs=[1e-3]",
+            "lr_band.steps=1", "data.batch_size=16", "data.train_subset=32"]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({
+        "name": "a", "command": "analyze bn-smoothness", "overrides": tiny, "seeds": [0, 1], "threads": 1,
+        "tables": [{"rows": "seed", "value": "seconds_total"}]}))
+    sweep_dir = sweep(tmp_path)
+    cells = read_cells(sweep_dir)
+    assert [s.status for s in cells] == ["done", "done"]
+    for s in cells:
+        run_dir = sweep_dir / s.run_dir
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == s.values["seed"]
+        assert (run_dir / "summary.yaml").is_file() and (run_dir / "report.md").is_file()
+        assert "lowbit analyze bn-smoothness" in s.reproduce
+    assert [r["seed"] for r in table_rows(sweep_dir)] == ["0", "1"]
+    write_spec(tmp_path, command="analyze weights", seeds=[0, 1])
+    with pytest.raises(SweepConfigError, match="analyze weights has no seed of its own"):
+        plan_sweep(load_sweep_spec(tmp_path / "spec.yaml"), tmp_path)
+
+
+def test_a_probe_cell_resumes_from_its_saved_records(tmp_path, monkeypatch):
+    """The probe adapter continues a cell's run directory: only the missing units are measured."""
+    import lowbit.probe.runner as runner
+    from lowbit.config import from_dict, set_dotted
+    from lowbit.probe import ProbeConfig
+    from lowbit.probe.command import ProbeInterrupted, run_probe
+    from lowbit.sweep.commands import ProbeAdapter
+
+    data = {}
+    for key, value in TINY_PROBE.items():
+        set_dotted(data, key, value)
+    config = from_dict(ProbeConfig, data)
+    full = run_probe(config, run_dir=tmp_path / "full", progress=False, estimate=False)
+    original, calls = runner.measure_unit, []
+
+    def interrupting(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(args[3])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "measure_unit", interrupting)
+    with pytest.raises(ProbeInterrupted):
+        run_probe(config, run_dir=tmp_path / "cell", progress=False, estimate=False)
+    calls.clear()
+    monkeypatch.setattr(runner, "measure_unit", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
+    ProbeAdapter().run(config, tmp_path / "cell", log=None)
+    assert len(calls) == 8 - 3  # 2 dims x 2 inits x 2 batches, 3 were saved
+    assert _probe_rows(tmp_path / "cell") != [] and sorted(map(repr, _probe_rows(tmp_path / "cell"))) == sorted(map(repr, _probe_rows(full)))
+
+
+def test_ray_with_shared_storage_writes_straight_into_the_sweep(ray_session, tmp_path):
+    write_spec(tmp_path, grid={"optim.lr": [0.05, 0.1]}, storage="shared", executor="ray")
+    sweep_dir = sweep(tmp_path)
+    assert [s.status for s in read_cells(sweep_dir)] == ["done", "done"]
+    for s in read_cells(sweep_dir):
+        assert len(read_records(sweep_dir / s.run_dir / "metrics.csv")) == 2
