@@ -25,7 +25,7 @@ from lowbit.train.config import (
     load_train_config,
 )
 from lowbit.train.flips import FlipRatio
-from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, evaluate, train
+from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, check_config, evaluate, train
 from lowbit.train.losses import build_loss, list_losses, register_loss
 from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer, set_learning_rate
 from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
@@ -48,6 +48,7 @@ __all__ = [
     "TrainingInterrupted",
     "build",
     "build_loss",
+    "check_config",
     "build_optimizer",
     "evaluate",
     "list_losses",
