@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "analyze": ("lowbit.analysis.cli", "BatchNorm smoothness, 2-D loss landscapes, attributions, weight pictures"),
     "report": ("lowbit.report.cli", "rebuild report.md and plots of a run directory from its records"),
     "models": ("lowbit.models.cli", "table of every model: parameters, size, precision, MACs"),
+    "export": ("lowbit.deploy.cli", "export a trained run to ONNX or to the bit-packed binary format, checked"),
 }
 
 
