@@ -63,7 +63,15 @@ def quantize_with_surrogate(
 
     Both functions must be pure torch code (no in-place ops on inputs, no
     ``.item()``) so that the generated vmap rule applies.
+
+    While ``torch.compile`` / ``torch.export`` trace a forward that needs no
+    gradient (no grad mode, or ``x`` does not require grad), this is
+    ``forward_fn(x, *aux)`` itself: the surrogate is never used there, and
+    TorchDynamo cannot trace a Function with a custom ``jvp``, so an inference
+    graph compiles whole (``fullgraph=True``).
     """
+    if torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
+        return forward_fn(x, *aux)
     return _QuantizeWithSurrogate.apply(x, forward_fn, backward_fn, *aux)
 
 
