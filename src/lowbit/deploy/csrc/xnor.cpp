@@ -74,6 +74,7 @@ int64_t resolve_isa(int64_t isa) {
 struct StoreSink {  // popcounts into C (rows, ldc), group offset col0
   int32_t* c;
   int64_t ldc, col0;
+  int32_t* direct(int64_t row0, int64_t j0) const { return c + row0 * ldc + col0 + j0; }
   void apply(int64_t row0, int64_t rows, int64_t j0, int64_t width, const int32_t* tile, int64_t ld) const {
     for (int64_t r = 0; r < rows; ++r) {
       int32_t* dst = c + (row0 + r) * ldc + col0 + j0;
@@ -183,7 +184,7 @@ __attribute__((target("avx2"))) void rows_avx2(const uint64_t* a, const uint64_t
 template <int MR>
 __attribute__((target("avx512f,avx512vpopcntdq"))) void tile_avx512(const uint64_t* a, const uint64_t* bt,
                                                                      int64_t kw, int64_t np, int64_t lda,
-                                                                     int32_t* out /* [MR][32] */) {
+                                                                     int32_t* out, int64_t ld /* out[r * ld + c] */) {
   __m512i acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_si512();
@@ -203,7 +204,7 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void tile_avx512(const uint64
   }
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < 4; ++v)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * 32 + 8 * v), _mm512_cvtepi64_epi32(acc[r][v]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * ld + 8 * v), _mm512_cvtepi64_epi32(acc[r][v]));
 }
 
 template <int MR, class Sink>
@@ -212,8 +213,13 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void block_avx512(const uint6
                                                                       int64_t lda, const Sink& sink) {
   int32_t out[MR * 32];
   for (int64_t j0 = 0; j0 < n; j0 += 32) {
-    tile_avx512<MR>(a, bt + j0, kw, np, lda, out);
-    sink.apply(row0, MR, j0, std::min<int64_t>(32, n - j0), out, 32);
+    int32_t* direct = sink.direct(row0, j0);
+    if (n - j0 >= 32 && direct) {  // a full tile straight into the destination
+      tile_avx512<MR>(a, bt + j0, kw, np, lda, direct, sink.ldc);
+    } else {
+      tile_avx512<MR>(a, bt + j0, kw, np, lda, out, 32);
+      sink.apply(row0, MR, j0, std::min<int64_t>(32, n - j0), out, 32);
+    }
   }
 }
 
@@ -290,16 +296,32 @@ struct Window {
 
 // Float: y[n, j, p] = float(K - 2 pc + corr) * alpha[j] (+ bias[j]); -ffp-contract=off keeps the
 // product rounded before the bias is added (no FMA), as the simulated layer's two operations.
+// First row-major into ``scratch`` (rows x cols, contiguous: vectorises), then transposed into NCHW.
 void store_float(const int32_t* pc, int64_t row0, int64_t rows, int64_t cols, int64_t positions, int32_t k,
-                 const int32_t* corr, const float* alpha, const float* bias, float* y) {
-  for (int64_t j = 0; j < cols; ++j) {
-    const float a = alpha[j];
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t m = row0 + r, n = m / positions, p = m % positions;
-      const int32_t d = k - 2 * pc[r * cols + j] + (corr ? corr[p * cols + j] : 0);
-      const float scaled = static_cast<float>(d) * a;
-      y[(n * cols + j) * positions + p] = bias ? scaled + bias[j] : scaled;
+                 const int32_t* corr, const float* alpha, const float* bias, float* scratch, float* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = (row0 + r) % positions;
+    const int32_t* row = pc + r * cols;
+    const int32_t* crow = corr ? corr + p * cols : nullptr;
+    float* out = scratch + r * cols;
+    if (crow) {
+      for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<float>(k - 2 * row[j] + crow[j]) * alpha[j];
+    } else {
+      for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<float>(k - 2 * row[j]) * alpha[j];
     }
+    if (bias) {
+      for (int64_t j = 0; j < cols; ++j) out[j] = out[j] + bias[j];
+    }
+  }
+  for (int64_t r = 0; r < rows;) {  // runs of consecutive positions within one image
+    const int64_t m = row0 + r, n = m / positions, p = m % positions;
+    const int64_t run = std::min(rows - r, positions - p);
+    for (int64_t j = 0; j < cols; ++j) {
+      float* dst = y + (n * cols + j) * positions + p;
+      const float* src = scratch + r * cols + j;
+      for (int64_t q = 0; q < run; ++q) dst[q] = src[q * cols];
+    }
+    r += run;
   }
 }
 
@@ -458,6 +480,7 @@ torch::Tensor binary_layer(torch::Tensor x, torch::Tensor panel, int64_t n, std:
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint64_t> windows(static_cast<size_t>(kRowsPerTask * row_words));
     std::vector<int32_t> counts(static_cast<size_t>(kRowsPerTask * cols));
+    std::vector<float> scratch(bits_out ? 0 : static_cast<size_t>(kRowsPerTask * cols));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r0 = task * kRowsPerTask, count = std::min(m - r0, kRowsPerTask);
       for (int64_t g = 0; g < groups; ++g) {
@@ -471,7 +494,7 @@ torch::Tensor binary_layer(torch::Tensor x, torch::Tensor panel, int64_t n, std:
                    reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>()));
       } else {
         store_float(counts.data(), r0, count, cols, positions, static_cast<int32_t>(k), corr, alpha->data_ptr<float>(),
-                    bias ? bias->data_ptr<float>() : nullptr, out.data_ptr<float>());
+                    bias ? bias->data_ptr<float>() : nullptr, scratch.data(), out.data_ptr<float>());
       }
     }
   });
