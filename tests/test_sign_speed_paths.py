@@ -87,6 +87,16 @@ def test_pass_where_and_pass_within_match_where(dtype):
     assert pass_within(torch.tensor([5.0]), 1.0, torch.tensor([math.inf])).item() == 0.0
 
 
+def test_surrogates_support_double_backward():
+    """create_graph=True: the fast backward keeps its graph (the gradient of the surrogate wrt grad)."""
+    x = torch.randn(50, requires_grad=True)
+    q = get_quantizer("ste_clipped", clip=0.5)
+    (g,) = torch.autograd.grad((q(x) * x).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    inside = (x.detach().abs() <= 0.5).float()
+    torch.testing.assert_close(gg, 2 * inside)  # d/dx [sign(x) + x 1{|x|<=c}] summed, surrogate of sign: 1{|x|<=c}
+
+
 def test_pass_within_under_vmap_matches():
     x, grad = torch.randn(5, 9), torch.randn(5, 9)
     expected = torch.where(x.abs() <= 0.7, grad, torch.zeros_like(grad))

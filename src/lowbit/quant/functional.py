@@ -145,9 +145,14 @@ def pass_within(x: torch.Tensor, bound: float, grad: torch.Tensor) -> torch.Tens
     The eager path writes the comparison straight into a float mask (no bool
     tensor, whose kernels are slow on CPU) and selects with ``threshold_backward``.
     """
-    if eager_tensor(x) and eager_tensor(grad) and grad.is_floating_point() and x.shape == grad.shape:
-        mask = torch.le(x.abs(), bound, out=torch.empty_like(x, dtype=grad.dtype))  # 1.0 inside, 0.0 outside or NaN
-        return torch.ops.aten.threshold_backward(grad, mask, 0.5)
+    if eager_tensor(x) and eager_tensor(grad) and grad.dtype == x.dtype and x.shape == grad.shape and x.is_floating_point():
+        # One fresh tensor for the three passes (fresh large tensors cost page faults):
+        # |x|, then the 0/1 mask over it, then the selected gradient over the mask.
+        buffer = x.detach().abs()
+        torch.le(buffer, bound, out=buffer)  # 1.0 inside, 0.0 outside or NaN
+        if torch.is_grad_enabled() and grad.requires_grad:  # a double backward: keep the graph (no out=)
+            return torch.ops.aten.threshold_backward(grad, buffer, 0.5)
+        return torch.ops.aten.threshold_backward.grad_input(grad, buffer, 0.5, grad_input=buffer)
     return pass_where(x.abs() <= bound, grad)
 
 
