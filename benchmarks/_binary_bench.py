@@ -13,7 +13,7 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import torch
 
@@ -77,6 +77,8 @@ def write_section(start: str, end: str, text: str, path: Path = ROOT / "BENCHMAR
     print(f"updated {path}")
 
 
-def ratio_range(values) -> Tuple[float, float]:
-    values = list(values)
-    return min(values), max(values)
+def publish(text: str, start: str, end: str, write: bool) -> None:
+    """Print a benchmark's Markdown section and, unless ``write`` is False, put it into BENCHMARKS.md."""
+    print(text)
+    if write:
+        write_section(start, end, text)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _binary_bench import best_times, load, machine_line, write_section  # noqa: E402
+from _binary_bench import best_times, load, machine_line, publish  # noqa: E402
 
 from lowbit.deploy import PackedBinaryConv2d, available_kernels, kernels, use_kernel  # noqa: E402
 from lowbit.nn import BinaryConv2d  # noqa: E402
@@ -162,9 +162,7 @@ def main() -> None:
             f"Machine: {machine_line(load_before, load_after)} {dt.date.today().isoformat()}.",
         ]
     )
-    print(text)
-    if not args.no_write:
-        write_section(START, END, text)
+    publish(text, START, END, write=not args.no_write)
 
 
 if __name__ == "__main__":

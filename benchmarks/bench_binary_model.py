@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _binary_bench import best_times, load, machine_line, write_section  # noqa: E402
+from _binary_bench import best_times, load, machine_line, publish  # noqa: E402
 
 from lowbit.deploy import available_kernels, pack_model, use_kernel  # noqa: E402
 from lowbit.deploy.summary import format_packed_summary, packed_summary  # noqa: E402
@@ -93,9 +93,7 @@ def main() -> None:
             f"Machine: {machine_line(load_before, load_after)} {dt.date.today().isoformat()}.",
         ]
     )
-    print(text)
-    if not args.no_write:
-        write_section(START, END, text)
+    publish(text, START, END, write=not args.no_write)
 
 
 if __name__ == "__main__":

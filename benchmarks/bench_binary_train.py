@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _binary_bench import best_times, load, machine_line, write_section  # noqa: E402
+from _binary_bench import best_times, load, machine_line, publish  # noqa: E402
 
 from lowbit.deploy.twin import float_twin  # noqa: E402
 from lowbit.models import create_model  # noqa: E402
@@ -126,9 +126,7 @@ def main() -> None:
             f"Machine: {machine_line(load_before, load_after)} {dt.date.today().isoformat()}.",
         ]
     )
-    print(text)
-    if not args.no_write:
-        write_section(START, END, text)
+    publish(text, START, END, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,15 @@ def conv_padding(layer: nn.Conv2d) -> Tuple[int, int]:
     return _pair(padding)
 
 
+def _weight_parts(layer: nn.Module) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(sign(W), alpha) of a binary layer, detached; ValueError if its weights are not a scaled sign."""
+    parts = binary_weight_parts(layer.weight_quantizer, layer.weight.detach())
+    if parts is None:
+        raise ValueError(f"weight quantizer {layer.weight_quantizer!r} is not a scaled sign")
+    signs, alpha = parts
+    return signs.detach(), None if alpha is None else alpha.detach()
+
+
 class _PackedBinaryLayer(nn.Module):
     """The weight, scale and output stage shared by the packed conv and linear layers.
 
@@ -133,16 +142,13 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         out_groups: Optional[int] = None,
     ) -> None:
         super().__init__()
-        parts = binary_weight_parts(layer.weight_quantizer, layer.weight.detach())
-        if parts is None:
-            raise ValueError(f"weight quantizer {layer.weight_quantizer!r} is not a scaled sign")
-        signs, alpha = parts
+        signs, alpha = _weight_parts(layer)
         self.in_channels = layer.in_channels
         self.kernel_size, self.stride, self.dilation = _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.dilation)
         self.padding = conv_padding(layer)
-        self._init_stage(layer, signs.detach(), alpha, layer.groups, input_is_bits, out_bn, out_groups)
+        self._init_stage(layer, signs, alpha, layer.groups, input_is_bits, out_bn, out_groups)
         if self.padding != (0, 0):
-            self.register_buffer("tap_sums", signs.detach().sum(dim=1).round().to(torch.int32))  # (C_out, k_h, k_w)
+            self.register_buffer("tap_sums", signs.sum(dim=1).round().to(torch.int32))  # (C_out, k_h, k_w)
         self._corrections: Dict[Tuple[int, int], torch.Tensor] = {}
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
@@ -193,12 +199,9 @@ class PackedBinaryLinear(_PackedBinaryLayer):
         out_groups: Optional[int] = None,
     ) -> None:
         super().__init__()
-        parts = binary_weight_parts(layer.weight_quantizer, layer.weight.detach())
-        if parts is None:
-            raise ValueError(f"weight quantizer {layer.weight_quantizer!r} is not a scaled sign")
-        signs, alpha = parts
+        signs, alpha = _weight_parts(layer)
         self.in_features = layer.in_features
-        self._init_stage(layer, signs.detach()[:, :, None, None], alpha, 1, input_is_bits, out_bn, out_groups)
+        self._init_stage(layer, signs[:, :, None, None], alpha, 1, input_is_bits, out_bn, out_groups)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

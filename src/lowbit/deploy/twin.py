@@ -15,34 +15,19 @@ import copy
 from torch import nn
 
 from lowbit.nn.binary import QuantizedWeightLayer
+from lowbit.nn.convert import layer_like
 
 
 def _plain(layer: nn.Module) -> nn.Module:
-    if isinstance(layer, nn.Conv2d):
-        plain: nn.Module = nn.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=layer.bias is not None,
-            padding_mode=layer.padding_mode,
-            device=layer.weight.device,
-            dtype=layer.weight.dtype,
-        )
-    else:
-        plain = nn.Linear(
-            layer.in_features, layer.out_features, bias=layer.bias is not None, device=layer.weight.device, dtype=layer.weight.dtype
-        )
-    plain.load_state_dict({k: v for k, v in layer.state_dict().items() if k in ("weight", "bias")})
-    plain.train(layer.training)
-    return plain
+    """The plain nn.Conv2d / nn.Linear with ``layer``'s hyper-parameters and Parameters (of the copy)."""
+    return layer_like(layer, nn.Conv2d, nn.Linear, device=layer.weight.device, dtype=layer.weight.dtype)
 
 
 def float_twin(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every quantized Conv2d / Linear replaced by the plain float layer."""
+    """A deep copy of ``model`` with every quantized Conv2d / Linear replaced by the plain float layer.
+
+    The plain layers hold the copy's latent weights (its own tensors: ``model`` is not shared).
+    """
     twin = copy.deepcopy(model)
     targets = [name for name, m in twin.named_modules() if isinstance(m, QuantizedWeightLayer)]
     for name in targets:

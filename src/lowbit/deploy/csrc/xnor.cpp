@@ -86,9 +86,12 @@ struct StoreSink {  // popcounts into C (rows, ldc), group offset col0
 
 // ---- micro-kernels: a tile of MR rows x (32 | 8 | np) columns of popcounts ---------------
 
+// Plain C++; the same body is also compiled for x86's POPCNT instruction (rows_portable_popcnt),
+// which "portable" uses where the CPU has it (without it __builtin_popcountll is a table lookup).
 template <class Sink>
-void rows_portable_body(const uint64_t* a, const uint64_t* bt, int64_t row0, int64_t rows, int64_t kw, int64_t np,
-                        int64_t n, int64_t lda, const Sink& sink) {
+__attribute__((always_inline)) inline void rows_portable_body(const uint64_t* a, const uint64_t* bt, int64_t row0,
+                                                              int64_t rows, int64_t kw, int64_t np, int64_t n,
+                                                              int64_t lda, const Sink& sink) {
   std::vector<int32_t> acc(static_cast<size_t>(np));
   for (int64_t i = 0; i < rows; ++i) {
     std::fill(acc.begin(), acc.end(), 0);
@@ -111,22 +114,11 @@ void rows_portable(const uint64_t* a, const uint64_t* bt, int64_t row0, int64_t 
 #if LOWBIT_X86
 bool cpu_has_popcnt() { return __builtin_cpu_supports("popcnt"); }
 
-// The same source compiled for x86's POPCNT instruction (without it __builtin_popcountll is a table lookup).
 template <class Sink>
 __attribute__((target("popcnt"))) void rows_portable_popcnt(const uint64_t* a, const uint64_t* bt, int64_t row0,
                                                             int64_t rows, int64_t kw, int64_t np, int64_t n,
                                                             int64_t lda, const Sink& sink) {
-  std::vector<int32_t> acc(static_cast<size_t>(np));
-  for (int64_t i = 0; i < rows; ++i) {
-    std::fill(acc.begin(), acc.end(), 0);
-    const uint64_t* ai = a + i * lda;
-    for (int64_t k = 0; k < kw; ++k) {
-      const uint64_t x = ai[k];
-      const uint64_t* row = bt + k * np;
-      for (int64_t j = 0; j < np; ++j) acc[j] += __builtin_popcountll(x ^ row[j]);
-    }
-    sink.apply(row0 + i, 1, 0, n, acc.data(), np);
-  }
+  rows_portable_body(a, bt, row0, rows, kw, np, n, lda, sink);
 }
 
 __attribute__((target("avx2"))) inline __m256i popcount_epi64_avx2(__m256i v, __m256i table, __m256i low) {
