@@ -21,7 +21,7 @@ from lowbit.train.config import (
     TrainConfig,
     load_train_config,
 )
-from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, evaluate, train
+from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, check_config, evaluate, train
 from lowbit.train.losses import build_loss, list_losses, register_loss
 from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer
 from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
@@ -40,6 +40,7 @@ __all__ = [
     "TrainingInterrupted",
     "build",
     "build_loss",
+    "check_config",
     "build_optimizer",
     "evaluate",
     "list_losses",
