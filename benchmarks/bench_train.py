@@ -124,7 +124,9 @@ def main() -> None:
             "",
             f"Binary vs float twin (xnor_resnet18 w16 / the same network with plain convs, same batch): "
             f"**{ratio:.2f}x** step time ({verdict} the <= {TARGET}x target). resnet18 is a different network "
-            "(other blocks), not the twin.",
+            "(other blocks), not the twin. The rows are timed one case after another in wall-clock time, so a load "
+            "change between two rows moves this ratio; the interleaved process-CPU comparison at widths 16-64 is in "
+            "\"Binary layers in training\" (benchmarks/bench_binary_train.py).",
             "",
             f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
             f"Python {platform.python_version()}; {dt.date.today().isoformat()}."
