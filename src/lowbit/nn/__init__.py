@@ -13,7 +13,14 @@ weight; ``input_quantizer`` / ``weight_quantizer`` are submodules.
 
 from __future__ import annotations
 
-from lowbit.nn.binary import BinaryConv2d, BinaryLinear, QuantizedWeightLayer
+from lowbit.nn.binary import (
+    BinaryConv2d,
+    BinaryLinear,
+    QuantizedWeightLayer,
+    binary_weight_parts,
+    is_sign_quantizer,
+    set_exact_eval,
+)
 from lowbit.nn.convert import binarize
 from lowbit.nn.dropout import MaxDropout, max_dropout
 from lowbit.nn.quantized import QuantConv2d, QuantLinear, SignedUniformActivation, signed_uniform_quantize
@@ -47,11 +54,14 @@ __all__ = [
     "QuantizerSpec",
     "SignedUniformActivation",
     "binarize",
+    "binary_weight_parts",
+    "is_sign_quantizer",
     "fresh_quantizer",
     "make_quantizer",
     "max_dropout",
     "quantizer_bits",
     "quantizer_name",
+    "set_exact_eval",
     "signed_uniform_quantize",
     # low-bit training (quantize_model.py)
     "QUANT_CONFIG_KEYS",
