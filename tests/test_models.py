@@ -187,7 +187,7 @@ def test_summary_of_a_hand_computed_model():
 def test_summary_precisions_of_mixed_layers():
     model = nn.Sequential(
         BinaryLinear(4, 3, input_quantizer=None),  # binary weights on float inputs: 32-bit MACs
-        QuantLinear(3, 2, weight_bits=4, act_bits=8),  # 4-bit weights, 8-bit inputs: 8-bit MACs
+        QuantLinear(3, 2, w_bits=4, a_bits=8),  # 4-bit weights, 8-bit inputs: 8-bit MACs
     )
     s = summary(model, (4,))
     assert s.params_by_bits == {1: 12, 4: 6, 32: 2}

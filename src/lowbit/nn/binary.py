@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.nn.latent import check_weight_clip, clip_latent_weight_
 from lowbit.nn.spec import QuantizerSpec, fresh_quantizer
 from lowbit.quant import MagnitudeAwareSign, StochasticSign, XNORWeight, sign_ste
 
@@ -98,6 +99,9 @@ class QuantizedWeightLayer:
     input_quantizer: Optional[nn.Module]
     weight_quantizer: Optional[nn.Module]
     exact_eval: bool = False  # see the module docstring; set per layer or with set_exact_eval(model)
+    # Larq's weight_clip constraint: after each optimizer step the training loop (or the user) calls
+    # clip_latent_weights_(), which clamps the latent weight to [-weight_clip, weight_clip]; None: no clipping.
+    weight_clip: Optional[float] = None
 
     def _set_quantizers(self, input_quantizer: QuantizerSpec, weight_quantizer: QuantizerSpec) -> None:
         # register_module accepts None, so the slot is a submodule either way
@@ -127,6 +131,11 @@ class QuantizedWeightLayer:
         return binary_weight_parts(self.weight_quantizer, self.weight, ndim)  # type: ignore[attr-defined]
 
 
+    def clip_latent_weights_(self) -> None:
+        """Clamp the latent weight in place to [-weight_clip, weight_clip] (see :mod:`lowbit.nn.latent`)."""
+        clip_latent_weight_(self)
+
+
 def set_exact_eval(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch the exact eval form (module docstring) on or off in every binary layer of ``model``; returns it.
 
@@ -146,6 +155,7 @@ class BinaryLinear(QuantizedWeightLayer, nn.Linear):
     ``input_quantizer`` / ``weight_quantizer`` are quantizer specs (a registry
     name, a dict ``{"name": ..., **params}``, a module, or None for float).
     Bias defaults to False, as in XNOR-Net (a BatchNorm usually follows).
+    ``weight_clip`` (> 0 or None) is Larq's ``weight_clip`` constraint on the latent weight.
     """
 
     def __init__(
@@ -157,9 +167,11 @@ class BinaryLinear(QuantizedWeightLayer, nn.Linear):
         weight_quantizer: QuantizerSpec = "xnor_weight",
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
+        weight_clip: Optional[float] = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._set_quantizers(input_quantizer, weight_quantizer)
+        self.weight_clip = check_weight_clip(weight_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         exact = self.exact_eval_parts(x)
@@ -194,6 +206,7 @@ class BinaryConv2d(QuantizedWeightLayer, nn.Conv2d):
         weight_quantizer: QuantizerSpec = "xnor_weight",
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
+        weight_clip: Optional[float] = None,
     ) -> None:
         super().__init__(
             in_channels,
@@ -209,6 +222,7 @@ class BinaryConv2d(QuantizedWeightLayer, nn.Conv2d):
             dtype=dtype,
         )
         self._set_quantizers(input_quantizer, weight_quantizer)
+        self.weight_clip = check_weight_clip(weight_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         exact = self.exact_eval_parts(x)

@@ -12,27 +12,35 @@ from __future__ import annotations
 from lowbit.train.checkpoint import load_checkpoint, load_matching_weights
 from lowbit.train.config import (
     AugmentConfig,
+    BinarizeConfig,
+    BopConfig,
     DataConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
+    OptimGroupConfig,
     RunConfig,
     ScheduleConfig,
     TrainConfig,
     load_train_config,
 )
+from lowbit.train.flips import FlipRatio
 from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, check_config, evaluate, train
 from lowbit.train.losses import build_loss, list_losses, register_loss
-from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer
+from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer, set_learning_rate
 from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
 from lowbit.train.summary import run_summary, summarize, summary_table, sweep_table, write_train_report
 
 __all__ = [
     "AugmentConfig",
+    "BinarizeConfig",
+    "BopConfig",
     "DataConfig",
+    "FlipRatio",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
+    "OptimGroupConfig",
     "RunConfig",
     "ScheduleConfig",
     "TrainConfig",
@@ -54,6 +62,7 @@ __all__ = [
     "register_optimizer",
     "register_schedule",
     "run_summary",
+    "set_learning_rate",
     "summarize",
     "summary_table",
     "sweep_table",

@@ -49,6 +49,7 @@ from torch import nn
 
 from lowbit.config import load_config, to_dict
 from lowbit.devices import set_tf32
+from lowbit.nn.latent import clip_latent_weights_
 from lowbit.runs import RecordWriter, atomic_write_text, create_run_dir, write_run_files
 from lowbit.train.checkpoint import (
     capture_rng,
@@ -59,8 +60,9 @@ from lowbit.train.checkpoint import (
     save_checkpoint,
 )
 from lowbit.train.config import TrainConfig
+from lowbit.train.flips import flip_columns, flip_ratio_for
 from lowbit.train.losses import LOSSES, LossFn, build_loss
-from lowbit.train.optim import OPTIMIZERS, build_optimizer
+from lowbit.train.optim import OPTIMIZERS, build_optimizer, set_learning_rate
 from lowbit.train.schedules import SCHEDULES, make_schedule
 from lowbit.train.summary import GRAD_HIST_FILE, GRAD_STATS_FILE, STORAGE_FILE, read_stats
 
@@ -199,6 +201,11 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         in_channels=train_set.images.shape[1],
         **config.model.create_kwargs(),
     )
+    if config.binarize is not None or config.model.weight_clip is not None:  # binarize:, weight clipping
+        from lowbit.data import normalize
+        from lowbit.train.binarize import prepare_binary_model
+
+        prepare_binary_model(model, config, normalize(train_set.images[: d.batch_size], train_set.mean, train_set.std))
     if config.quant:
         from lowbit.nn import apply_quant_config
 
@@ -207,7 +214,10 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
     model = model.to(device)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model.parameters(), config.optim, model=model)
+    # Drop the last partial batch (a batch of 1 breaks BatchNorm); a set smaller than one batch is one step.
+    steps_per_epoch = max(1, len(train_set) // d.batch_size)
+    total_steps = steps_per_epoch * config.run.epochs
+    optimizer = build_optimizer(model.parameters(), config.optim, model=model, steps=(total_steps, steps_per_epoch))
     loss_fn = build_loss(config.loss)
 
     a = config.augment
@@ -220,9 +230,6 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         mean=train_set.mean,
         std=train_set.std,
     )
-    # Drop the last partial batch (a batch of 1 breaks BatchNorm); a set smaller than one batch is one step.
-    steps_per_epoch = max(1, len(train_set) // d.batch_size)
-    total_steps = steps_per_epoch * config.run.epochs
     lr_at = make_schedule(config.schedule, config.optim.lr, total_steps, steps_per_epoch)
     return Setup(
         config=config,
@@ -445,6 +452,7 @@ def train(
         np.random.seed(cfg.run.seed % 2**32)
         setup = build(cfg, dev)  # raises on any bad input, before anything is written
         model, optimizer = setup.model, setup.optimizer
+        flips = flip_ratio_for(model, cfg.run.flip_ratio)  # None for a float model (lowbit.train.flips)
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
         generators = {"data": data_gen, "augment": aug_gen}
@@ -494,6 +502,8 @@ def train(
             history = list(state["metrics"])
             restore_rng(state["rng"], generators)
             _restore_quantizer_schedules(model, state.get("quantizer_schedules", {}))
+            if flips is not None:
+                flips.load_state_dict(state.get("flip_ratio"))
             _rewrite_metrics(run_dir / METRICS_FILE, history)
             _keep_grad_stats_before(run_dir, step)
         metrics_writer = RecordWriter(run_dir / METRICS_FILE)
@@ -538,6 +548,7 @@ def train(
                     "num_params": setup.num_params,
                     "config": to_dict(cfg),
                     "quantizer_schedules": _quantizer_schedules(model),
+                    "flip_ratio": flips.state_dict() if flips is not None else None,
                 },
             )
 
@@ -573,8 +584,7 @@ def train(
                         if cfg.model.channels_last:
                             x = x.contiguous(memory_format=torch.channels_last)
                         lr = setup.lr_at(step)
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
+                        set_learning_rate(optimizer, lr)  # times a group's lr_scale (optim.groups)
 
                         sampled = stats is not None and step % stats_every == 0
                         if sampled:
@@ -592,6 +602,9 @@ def train(
                         if cfg.optim.grad_clip is not None:
                             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                         optimizer.step()
+                        clip_latent_weights_(model)  # binary layers' weight_clip (model.weight_clip); else nothing
+                        if flips is not None:
+                            flips.update()
                         step += 1
 
                         sums["loss"] += loss.item() * y.shape[0]
@@ -622,11 +635,12 @@ def train(
                         "test_acc": test_acc,
                         "seconds": sums["seconds"],
                         **_sparsity_columns(setup.optimizer),
+                        **(flips.epoch_columns() if flips is not None else {}),
                     }
                     history.append(record)
                     metrics_writer.write(record)
                     if board is not None:
-                        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
+                        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", *flip_columns(record)):
                             board.add_scalar(key, record[key], epoch + 1)
                     if log is not None:
                         log(_epoch_line(record, cfg.run.epochs))
