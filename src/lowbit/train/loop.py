@@ -176,7 +176,7 @@ def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
 def build(config: TrainConfig, device: torch.device) -> Setup:
     """Data, model, optimizer, loss and schedule from ``config``; raises on any bad input."""
     from lowbit.data import BatchAugment, load_dataset
-    from lowbit.models import create_model
+    from lowbit.models import check_model_fits, create_model
 
     check_names(config)
     check_baseline(config)
@@ -195,6 +195,8 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         in_channels=train_set.images.shape[1],
         **config.model.create_kwargs(),
     )
+    size = "null" if d.image_size is None else d.image_size
+    check_model_fits(model, config.model.name, train_set.images.shape[1:], f"{d.dataset}, data.image_size={size}")
     if config.quant:
         from lowbit.nn import apply_quant_config
 
