@@ -32,7 +32,7 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"  # cifar10 | cifar100 | mnist | digits (scikit-learn, ships with the package)
+    dataset: str = "digits"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist5k | digits (scikit-learn, ships with it)
     data_dir: Optional[str] = None  # folder with the archives; None: $LOWBIT_DATA, else ./data
     image_size: Optional[int] = 32  # pixels; None: native. Digits are 8x8; LeNet-5 needs >= 28
     train_subset: Optional[int] = None  # images; the first N training images only (quick tests); None: all
