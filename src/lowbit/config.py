@@ -191,6 +191,8 @@ def _coerce(tp: Any, value: Any, path: str, errors: List[str]) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[T]: T's own errors say more than "expected T or NoneType"
+            return _coerce(options[0], value, path, errors)
         for option in options:
             trial: List[str] = []
             result = _coerce(option, value, path, trial)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
+from lowbit.train.surrogate_schedule import SurrogateScheduleConfig
+
 
 # run.grad_stats_every when unset in a run with quant: (see RunConfig)
 DEFAULT_GRAD_STATS_EVERY = 50
@@ -232,6 +234,9 @@ class TrainConfig:
     # low-bit training: {w_bits, a_bits, g_bits, e_bits, ...} for lowbit.nn.apply_quant_config, applied
     # to the model before the optimizer is built (docs/lowbit-training.md); None: the model as built
     quant: Optional[Dict[str, Any]] = None
+    # scheduled surrogate gradients: quantizer parameters (window, beta, clip, slope) moved from a start to an
+    # end value over training (lowbit.train.surrogate_schedule; docs/training.md); None: fixed as built
+    surrogate: Optional[SurrogateScheduleConfig] = None
 
     def __post_init__(self) -> None:
         # options that only make sense together, reported together

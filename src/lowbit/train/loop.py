@@ -62,6 +62,7 @@ from lowbit.train.losses import LOSSES, LossFn, build_loss
 from lowbit.train.optim import OPTIMIZERS, build_optimizer
 from lowbit.train.schedules import SCHEDULES, make_schedule
 from lowbit.train.summary import GRAD_HIST_FILE, GRAD_STATS_FILE, STORAGE_FILE, read_stats
+from lowbit.train.surrogate_schedule import build_surrogate_schedule
 
 PathLike = Union[str, Path]
 
@@ -109,6 +110,7 @@ class Setup:
     total_steps: int
     num_params: int
     init_info: Optional[Dict[str, list]] = None
+    surrogate: Any = None  # lowbit.train.surrogate_schedule.SurrogateSchedule, or None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -222,6 +224,7 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
     steps_per_epoch = max(1, len(train_set) // d.batch_size)
     total_steps = steps_per_epoch * config.run.epochs
     lr_at = make_schedule(config.schedule, config.optim.lr, total_steps, steps_per_epoch)
+    surrogate = build_surrogate_schedule(config.surrogate, model, config.model.name, total_steps, steps_per_epoch)
     return Setup(
         config=config,
         device=device,
@@ -241,6 +244,7 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         total_steps=total_steps,
         num_params=sum(p.numel() for p in model.parameters()),
         init_info=init_info,
+        surrogate=surrogate,
     )
 
 
@@ -572,6 +576,8 @@ def train(
                         lr = setup.lr_at(step)
                         for group in optimizer.param_groups:
                             group["lr"] = lr
+                        if setup.surrogate is not None:
+                            setup.surrogate.apply(step)
 
                         sampled = stats is not None and step % stats_every == 0
                         if sampled:
@@ -619,6 +625,7 @@ def train(
                         "test_acc": test_acc,
                         "seconds": sums["seconds"],
                         **_sparsity_columns(setup.optimizer),
+                        **(setup.surrogate.columns(step - 1) if setup.surrogate is not None else {}),
                     }
                     history.append(record)
                     metrics_writer.write(record)
