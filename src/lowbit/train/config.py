@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
+from lowbit.train.distill import DistillConfig
 from lowbit.train.surrogate_schedule import SurrogateScheduleConfig
 
 
@@ -237,6 +238,9 @@ class TrainConfig:
     # scheduled surrogate gradients: quantizer parameters (window, beta, clip, slope) moved from a start to an
     # end value over training (lowbit.train.surrogate_schedule; docs/training.md); None: fixed as built
     surrogate: Optional[SurrogateScheduleConfig] = None
+    # distillation from a frozen teacher: KD, ReActNet's distributional loss, attention transfer, Real-to-Binary's
+    # two stages (lowbit.train.distill; docs/training.md); None: no teacher
+    distill: Optional[DistillConfig] = None
 
     def __post_init__(self) -> None:
         # options that only make sense together, reported together

@@ -58,6 +58,7 @@ from lowbit.train.checkpoint import (
     save_checkpoint,
 )
 from lowbit.train.config import TrainConfig
+from lowbit.train.distill import build_distiller
 from lowbit.train.losses import LOSSES, LossFn, build_loss
 from lowbit.train.optim import OPTIMIZERS, build_optimizer
 from lowbit.train.schedules import SCHEDULES, make_schedule
@@ -111,6 +112,7 @@ class Setup:
     num_params: int
     init_info: Optional[Dict[str, list]] = None
     surrogate: Any = None  # lowbit.train.surrogate_schedule.SurrogateSchedule, or None
+    distiller: Any = None  # lowbit.train.distill.Distiller, or None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -177,7 +179,7 @@ def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
 
 def build(config: TrainConfig, device: torch.device) -> Setup:
     """Data, model, optimizer, loss and schedule from ``config``; raises on any bad input."""
-    from lowbit.data import BatchAugment, load_dataset
+    from lowbit.data import BatchAugment, load_dataset, normalize
     from lowbit.models import check_model_fits, create_model
 
     check_names(config)
@@ -225,6 +227,8 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
     total_steps = steps_per_epoch * config.run.epochs
     lr_at = make_schedule(config.schedule, config.optim.lr, total_steps, steps_per_epoch)
     surrogate = build_surrogate_schedule(config.surrogate, model, config.model.name, total_steps, steps_per_epoch)
+    example = normalize(train_set.images[:2].to(device), train_set.mean, train_set.std)  # (2, C, H, W)
+    distiller = build_distiller(config.distill, model, example, train_set.num_classes, d.dataset, steps_per_epoch)
     return Setup(
         config=config,
         device=device,
@@ -245,6 +249,7 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         num_params=sum(p.numel() for p in model.parameters()),
         init_info=init_info,
         surrogate=surrogate,
+        distiller=distiller,
     )
 
 
@@ -495,6 +500,8 @@ def train(
             history = list(state["metrics"])
             restore_rng(state["rng"], generators)
             _restore_quantizer_schedules(model, state.get("quantizer_schedules", {}))
+            if setup.distiller is not None:
+                setup.distiller.load_state_dict(state.get("distill"), model)
             _rewrite_metrics(run_dir / METRICS_FILE, history)
             _keep_grad_stats_before(run_dir, step)
         metrics_writer = RecordWriter(run_dir / METRICS_FILE)
@@ -539,6 +546,7 @@ def train(
                     "num_params": setup.num_params,
                     "config": to_dict(cfg),
                     "quantizer_schedules": _quantizer_schedules(model),
+                    "distill": setup.distiller.state_dict() if setup.distiller is not None else None,
                 },
             )
 
@@ -554,6 +562,8 @@ def train(
                         perm = torch.randperm(n_train, generator=data_gen).to(dev)  # (N,)
                         position = 0
                         sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+                    if setup.distiller is not None:
+                        setup.distiller.on_epoch_start(epoch, model)  # Real-to-Binary's stage 2, when due
                     model.train()
                     t0 = time.perf_counter()
                     bar = tqdm(
@@ -586,6 +596,8 @@ def train(
                         with autocast():
                             logits = model(x)  # (B, K)
                             loss = setup.loss_fn(logits.float(), target)
+                            if setup.distiller is not None:
+                                loss = setup.distiller.loss(x, logits.float(), loss)
                         if not torch.isfinite(loss):
                             raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, ckpt_file), run_dir)
                         optimizer.zero_grad(set_to_none=True)
@@ -626,6 +638,7 @@ def train(
                         "seconds": sums["seconds"],
                         **_sparsity_columns(setup.optimizer),
                         **(setup.surrogate.columns(step - 1) if setup.surrogate is not None else {}),
+                        **(setup.distiller.columns() if setup.distiller is not None else {}),
                     }
                     history.append(record)
                     metrics_writer.write(record)
