@@ -205,3 +205,21 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch, teacher_ru
     b = load_checkpoint(reference / "checkpoints" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
     assert all(torch.equal(a["distill"]["snapshot"][k], b["distill"]["snapshot"][k]) for k in b["distill"]["snapshot"])
+
+
+def test_a_teacher_glob_resolves_to_the_newest_finished_run_and_is_saved(tmp_path, teacher_run):
+    import shutil
+
+    from lowbit.config import load_config
+    from lowbit.train import TrainConfig
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copytree(teacher_run, runs / "teacher-20260101-000000")
+    shutil.copytree(teacher_run, runs / "teacher-20260102-000000")
+    (runs / "teacher-20260103-000000").mkdir()  # newer, but not a finished run
+    run = train(load_train_config(None, student(teacher_run, **{"distill.teacher": str(runs / "teacher-*")})), run_dir=tmp_path / "s")
+    saved = load_config(TrainConfig, run / "config.yaml")
+    assert saved.distill.teacher == str(runs / "teacher-20260102-000000")
+    with pytest.raises(FileNotFoundError, match="matches no finished"):
+        train(load_train_config(None, student(teacher_run, **{"distill.teacher": str(runs / "nothing-*")})), runs_dir=tmp_path / "r")

@@ -21,27 +21,34 @@ from lowbit.train.config import (
     TrainConfig,
     load_train_config,
 )
+from lowbit.train.distill import DistillConfig, attention_loss, distribution_loss, kd_loss
 from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, evaluate, train
 from lowbit.train.losses import build_loss, list_losses, register_loss
 from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer
 from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
 from lowbit.train.summary import run_summary, summarize, summary_table, sweep_table, write_train_report
+from lowbit.train.surrogate_schedule import SurrogateScheduleConfig, schedule_value
 
 __all__ = [
     "AugmentConfig",
     "DataConfig",
+    "DistillConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
     "ScheduleConfig",
+    "SurrogateScheduleConfig",
     "TrainConfig",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "attention_loss",
     "build",
     "build_loss",
     "build_optimizer",
+    "distribution_loss",
     "evaluate",
+    "kd_loss",
     "list_losses",
     "load_train_config",
     "list_optimizers",
@@ -53,6 +60,7 @@ __all__ = [
     "register_optimizer",
     "register_schedule",
     "run_summary",
+    "schedule_value",
     "summarize",
     "summary_table",
     "sweep_table",

@@ -31,8 +31,9 @@ spans both stages (the paper restarts it; use ``schedule.name: cyclic`` with
 ``cycles: 2`` for one cycle per stage).
 
 The teacher is a ``lowbit train`` run directory (``teacher``: its
-``config.yaml`` builds the model, ``checkpoints/last.pt`` holds the weights),
-or a zoo model and a checkpoint (``teacher_model`` {name, **create_model
+``config.yaml`` builds the model, ``checkpoints/last.pt`` holds the weights;
+a glob such as ``runs/fmnist-float-*`` picks the newest finished run, and the
+student's saved config records which), or a zoo model and a checkpoint (``teacher_model`` {name, **create_model
 keywords} with ``teacher_checkpoint``). It is frozen, in eval mode (BatchNorm
 running statistics), and sees exactly the student's input batch.
 
@@ -150,6 +151,33 @@ def _load_strict(model: nn.Module, weights: Dict[str, torch.Tensor], what: str) 
             f"{unexpected[:5]}, other shapes {wrong[:5]}); is it the same architecture and options?"
         )
     model.load_state_dict(weights)
+
+
+def resolve_teacher(config: DistillConfig) -> DistillConfig:
+    """``config`` with a glob in ``teacher`` (``runs/fmnist-float-*``) replaced by the newest finished run it matches.
+
+    "Finished": the run's ``checkpoints/last.pt`` says ``complete``. Newest: the
+    last in name order (run directories end in their start time). The concrete
+    path is what the student's ``config.yaml`` saves, so a resume uses the same teacher.
+    """
+    import dataclasses
+    import glob
+
+    if config.teacher is None or not glob.has_magic(config.teacher):
+        return config
+    from lowbit.train.checkpoint import load_checkpoint
+
+    finished = []
+    for path in sorted(glob.glob(config.teacher)):
+        checkpoint = Path(path) / "checkpoints" / "last.pt"
+        if (Path(path) / "config.yaml").is_file() and checkpoint.is_file() and load_checkpoint(checkpoint).get("complete"):
+            finished.append(path)
+    if not finished:
+        raise FileNotFoundError(
+            f"distill.teacher={config.teacher!r} matches no finished `lowbit train` run (relative to the working "
+            "directory); train the teacher first, or give its run directory"
+        )
+    return dataclasses.replace(config, teacher=finished[-1])
 
 
 def build_teacher(config: DistillConfig, num_classes: int, in_channels: int, dataset: str) -> Tuple[nn.Module, str]:
@@ -368,5 +396,6 @@ __all__ = [
     "build_distiller",
     "build_teacher",
     "distribution_loss",
+    "resolve_teacher",
     "kd_loss",
 ]

@@ -58,7 +58,7 @@ from lowbit.train.checkpoint import (
     save_checkpoint,
 )
 from lowbit.train.config import TrainConfig
-from lowbit.train.distill import build_distiller
+from lowbit.train.distill import build_distiller, resolve_teacher
 from lowbit.train.losses import LOSSES, LossFn, build_loss
 from lowbit.train.optim import OPTIMIZERS, build_optimizer
 from lowbit.train.schedules import SCHEDULES, make_schedule
@@ -437,6 +437,8 @@ def train(
         config = load_config(TrainConfig, run_dir / "config.yaml")
         state = load_checkpoint(checkpoint_path(run_dir))
     config = _with(config or TrainConfig(), data_dir, device)
+    if config.distill is not None:  # a teacher glob becomes the run it names, saved so that a resume uses it
+        config = dataclasses.replace(config, distill=resolve_teacher(config.distill))
     dev = resolve_device(config.run.device)
     if state is not None and state.get("complete"):
         write_train_report(run_dir)
