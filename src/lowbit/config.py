@@ -45,16 +45,82 @@ def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} has an empty key")
-        value = _parse_scalar(text)
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            existing = node.get(part)
-            if not isinstance(existing, dict):
-                existing = node[part] = {}
-            node = existing
-        node[parts[-1]] = value
+        set_dotted(result, key, _parse_scalar(text))
     return result
+
+
+def set_dotted(tree: Dict[str, Any], key: str, value: Any) -> Dict[str, Any]:
+    """Set ``tree["a"]["b"] = value`` for ``key = "a.b"``, making the inner mappings; returns ``tree``."""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        existing = node.get(part)
+        if not isinstance(existing, dict):
+            existing = node[part] = {}
+        node = existing
+    node[parts[-1]] = value
+    return tree
+
+
+def get_dotted(tree: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """``tree["a"]["b"]`` for ``key = "a.b"``, or ``default`` where a part is missing."""
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def format_override(key: str, value: Any) -> str:
+    """``key=value`` that ``parse_overrides`` reads back as ``value`` (YAML flow style)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
+    if text.endswith("\n..."):  # a plain scalar document
+        text = text[: -len("\n...")]
+    elif text.endswith("..."):
+        text = text[: -len("...")].strip()
+    return f"{key}={text}"
+
+
+def find_config(name: Union[str, Path], prefixes: Sequence[str] = (), near: Sequence[Union[str, Path]] = ()) -> Path:
+    """The config file ``name`` stands for: a path, or a built-in name such as ``train-digits-xnor``.
+
+    Tried in order: ``name`` as a path (as given, then relative to each folder in
+    ``near``); then ``<prefix><name>.yaml`` for each prefix (e.g. ``train-``, then
+    none) in each of ``near`` and the folders of built-in configs (``./configs``
+    and the ``configs/`` of the lowbit source tree). A name that matches nothing
+    is an error listing the nearest built-in names.
+    """
+    name = str(name)
+    candidates = [Path(name)] + [Path(folder) / name for folder in near]
+    for path in candidates:
+        if path.is_file():
+            return path
+    folders = [Path(folder) for folder in near] + builtin_config_dirs()
+    stem = name[:-5] if name.endswith(".yaml") else name
+    for folder in folders:
+        for prefix in [*prefixes, ""]:
+            path = folder / f"{prefix}{stem}.yaml"
+            if path.is_file():
+                return path
+    known = sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
+    hint = nearest(stem, known) or (nearest(f"{prefixes[0]}{stem}", known) if prefixes else None)
+    raise ConfigError(
+        f"config {name!r} is neither a file nor a built-in config name"
+        + (f"; did you mean {hint!r}?" if hint else "")
+        + f" (built-in configs are in {', '.join(str(f) for f in folders if f.is_dir()) or 'no configs folder found'})"
+    )
+
+
+def builtin_config_dirs() -> List[Path]:
+    """Folders holding lowbit's own configs: ``./configs`` and the source tree's ``configs/``."""
+    source = Path(__file__).resolve().parents[2] / "configs"  # src/lowbit/config.py -> <repo>/configs
+    folders = [Path("configs"), source]
+    unique: List[Path] = []
+    for folder in folders:
+        if folder.is_dir() and all(folder.resolve() != f.resolve() for f in unique):
+            unique.append(folder)
+    return unique
 
 
 def _parse_scalar(text: str) -> Any:
@@ -191,7 +257,7 @@ def _coerce(tp: Any, value: Any, path: str, errors: List[str]) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # Optional[T]: T's own errors say more than "expected T or NoneType"
+        if len(options) == 1:  # Optional[T]: T's own errors say more than "expected T or None"
             return _coerce(options[0], value, path, errors)
         for option in options:
             trial: List[str] = []

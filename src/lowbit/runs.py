@@ -34,15 +34,79 @@ def timestamp() -> str:
 
 
 def create_run_dir(name: str, root: PathLike = "runs") -> Path:
-    """Make a fresh ``root/<name>-<time>`` folder (with a numeric suffix if taken)."""
+    """Make a fresh ``root/<name>-<time>`` folder (with a numeric suffix if taken).
+
+    Race-free: ``mkdir`` either creates the folder or fails because another
+    process did, so processes started at the same instant get different folders.
+    """
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     base = root / f"{name}-{timestamp()}"
     path, n = base, 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    (path / "plots").mkdir(parents=True)
+    while True:
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            path = Path(f"{base}-{n}")
+    (path / "plots").mkdir()
     return path
+
+
+class DirectoryInUse(ValueError):
+    """Another live process holds the lock of a run or sweep directory."""
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory, held while one process writes into it.
+
+    ``flock`` on ``<dir>/.lock``: the kernel releases it when the holder exits,
+    however it exits, so a lock left by a killed process is simply taken over.
+    The file names the holder (pid, host, start time) for the error message of
+    the process that finds it taken::
+
+        with DirectoryLock(run_dir, "sweep"):
+            ...  # a second `lowbit sweep --resume run_dir` refuses meanwhile
+    """
+
+    FILE = ".lock"
+
+    def __init__(self, directory: PathLike, what: str = "run"):
+        self.directory = Path(directory)
+        self.what = what
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "DirectoryLock":
+        import fcntl
+        import socket
+
+        path = self.directory / self.FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise DirectoryInUse(
+                f"{self.what} directory {str(self.directory)!r} is in use by {holder}; "
+                "wait for that process to finish or stop it, then try again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {timestamp()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def write_run_files(run_dir: PathLike, config: Any) -> None:

@@ -8,10 +8,10 @@ family on the teacher-student toy, small enough to finish in minutes on 2 cores.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
+from lowbit.grid import axis, cartesian
 from lowbit.probe.network import NetworkConfig
 from lowbit.registry import nearest
 
@@ -100,6 +100,10 @@ class ProbeGridConfig:
     # [layer1.0.conv1, layer4.1.conv2] (module or parameter names; `lowbit models xnor_resnet18 width=8` lists them), or "all".
     layers: Union[str, List[Union[int, str]]] = "all"
     sweep: Dict[str, List[Any]] = field(default_factory=dict)  # task keys to vary, e.g. {act: [ste, none]}
+    # Measure only the units whose coordinates are listed, e.g. {dim: [8], init: [0]}: a part of the grid
+    # with the whole grid's unit ids and seeds (lowbit sweep splits a probe this way). Coordinates: dim (toy)
+    # or layer (network; "stats" = the statistics unit), init, batch and the sweep keys. {} = every unit.
+    select: Dict[str, List[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.dims:
@@ -113,6 +117,20 @@ class ProbeGridConfig:
             self.layers = [self.layers]  # one layer name
         if isinstance(self.layers, list) and not self.layers:
             raise ValueError("probe.layers must name at least one layer (or be 'all')")
+
+    def check_select(self, position: str) -> None:
+        """``select`` names coordinates of this grid, each with a non-empty list of values."""
+        valid = [position, *self.sweep, "init", "batch"]
+        for key, values in self.select.items():
+            if key not in valid:
+                hint = nearest(key, valid)
+                raise ValueError(
+                    f"probe.select key {key!r} is not a coordinate of this grid"
+                    + (f"; did you mean {hint!r}?" if hint else "")
+                    + f" (coordinates: {', '.join(valid)})"
+                )
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"probe.select.{key} must be a non-empty list of values, got {values!r}")
 
     def check_sweep(self, valid: List[str], section: str) -> None:
         """Every swept key must be a setting of ``section`` (``task`` or ``network``)."""
@@ -180,6 +198,7 @@ class ProbeConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
 
     def __post_init__(self) -> None:
+        self.probe.check_select("dim" if self.network is None else "layer")
         if self.network is None:
             self.probe.check_sweep(list(TaskConfig.__dataclass_fields__), "task")
             if self.stats.batches:
@@ -219,7 +238,7 @@ def expand_estimators(entries: List[Dict[str, Any]]) -> List[EstimatorSpec]:
         label = entry.pop("label", None)
         swept = {k: v for k, v in entry.items() if isinstance(v, list)}
         fixed = {k: v for k, v in entry.items() if not isinstance(v, list)}
-        combos = [dict(zip(swept, values)) for values in itertools.product(*swept.values())] or [{}]
+        combos = cartesian([axis(key, values) for key, values in swept.items()])
         for combo in combos:
             params = {**fixed, **combo}
             if label is not None:
@@ -257,5 +276,4 @@ def act_label(act: Union[str, Dict[str, Any]]) -> str:
 
 def task_conditions(config: ProbeConfig) -> List[Dict[str, Any]]:
     """Every combination of the swept task settings (one empty dict when nothing is swept)."""
-    sweep = config.probe.sweep
-    return [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())] or [{}]
+    return cartesian([axis(key, values) for key, values in config.probe.sweep.items()])

@@ -99,12 +99,20 @@ def _evidence(
     measure = config.get("measure", {})
     grid = measure.get("lr_grid", {})
     budget = config.get("budget")
+    selected = probe.get("select") or {}
+    if selected:  # a part of a larger grid (a sweep cell): count only the selected units
+        from lowbit.probe.config import ProbeConfig
+        from lowbit.probe.plan import plan_units
+        from lowbit.config import from_dict
+
+        expected = len(plan_units(from_dict(ProbeConfig, config)))
     lines = [
         f"Teacher–student toy: {task.get('depth')}-layer bias-free MLP, student activation `{task.get('act')}`, "
         f"x ~ N(0, I), MSE against the teacher, {task.get('batch_size')} samples per batch, "
         f"pretraining {task.get('pretrain_steps', 0)} steps. Layers studied: {probe.get('layers')}. "
         f"Means ± standard errors over {probe.get('inits')} inits × {probe.get('batches')} batches "
-        f"({len(units)} of {expected} grid points measured).",
+        f"({len(units)} of {expected} grid points measured"
+        + (f"; this run is the part `probe.select = {selected}` of a larger grid" if selected else "") + ").",
         "",
         f"Directions are normalised `{measure.get('normalize')}`; the lr grid has {grid.get('num')} {grid.get('scale')}-spaced "
         f"points in [{grid.get('min')}, {grid.get('max')}]"
@@ -334,7 +342,8 @@ def _network_evidence(
         f"Loss: mean cross-entropy on fixed batches of {network.get('batch_size')} images, BatchNorm with batch statistics. "
         f"Layers probed one at a time: {', '.join(f'`{l}`' for l in layers)}. "
         f"Means ± standard errors over {probe.get('inits')} inits × {probe.get('batches')} batches; "
-        f"{len(units)} units measured.",
+        f"{len(units)} units measured"
+        + (f" (the part `probe.select = {probe.get('select')}` of a larger grid)" if probe.get("select") else "") + ".",
         "",
         f"Directions are normalised `{measure.get('normalize')}`; the lr grid has {grid.get('num')} {grid.get('scale')}-spaced "
         f"points in [{grid.get('min')}, {grid.get('max')}]. Reference for cosines: `{measure.get('reference')}`"

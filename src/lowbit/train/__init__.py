@@ -22,7 +22,7 @@ from lowbit.train.config import (
     load_train_config,
 )
 from lowbit.train.distill import DistillConfig, attention_loss, distribution_loss, kd_loss
-from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, evaluate, train
+from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, check_config, evaluate, train
 from lowbit.train.losses import build_loss, list_losses, register_loss
 from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer
 from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
@@ -45,6 +45,7 @@ __all__ = [
     "attention_loss",
     "build",
     "build_loss",
+    "check_config",
     "build_optimizer",
     "distribution_loss",
     "evaluate",

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from lowbit.config import load_config, to_dict
+from lowbit.devices import set_tf32
 from lowbit.runs import RecordWriter, atomic_write_text, create_run_dir, write_run_files
 from lowbit.train.checkpoint import (
     capture_rng,
@@ -116,14 +117,10 @@ class Setup:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"run.device='cuda' but no CUDA device is available (torch {torch.__version__}, "
-            f"CUDA build {torch.version.cuda}); use --device cpu"
-        )
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
-    return torch.device(name)
+    """``run.device`` as a ``torch.device``; no such device on this machine is a one-line error."""
+    from lowbit.devices import resolve_device as resolve
+
+    return resolve(name, "run.device")
 
 
 def check_names(config: TrainConfig) -> None:
@@ -157,6 +154,13 @@ def check_baseline(config: TrainConfig) -> None:
         raise FileNotFoundError(
             f"run.baseline={config.run.baseline!r}: no config.yaml there; is it a `lowbit train` run directory?"
         )
+
+
+def check_config(config: TrainConfig) -> None:
+    """The checks that need no data or model: registry names, ``run.baseline``, the device."""
+    check_names(config)
+    check_baseline(config)
+    resolve_device(config.run.device)
 
 
 def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
@@ -440,6 +444,7 @@ def train(
     if config.distill is not None:  # a teacher glob becomes the run it names, saved so that a resume uses it
         config = dataclasses.replace(config, distill=resolve_teacher(config.distill))
     dev = resolve_device(config.run.device)
+    set_tf32(config.run.allow_tf32)
     if state is not None and state.get("complete"):
         write_train_report(run_dir)
         return Path(run_dir)

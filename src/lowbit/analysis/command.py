@@ -1,0 +1,130 @@
+"""``lowbit analyze NAME`` as a function: config, run directory, analysis, summary and report.
+
+``run_analysis("landscape", config)`` is exactly what ``lowbit analyze
+landscape CONFIG key=value ...`` does once the config is loaded, so a sweep
+cell (``lowbit.sweep``) and a run by hand make the same run directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from lowbit.config import load_config
+from lowbit.devices import resolve_device, set_tf32
+from lowbit.registry import UnknownNameError, unknown_name_message
+
+PathLike = Union[str, Path]
+
+# name -> (config class name, runner "module:function", one-line help)
+ANALYSES: Dict[str, Tuple[str, str, str]] = {
+    "bn-smoothness": (
+        "BNSmoothnessConfig",
+        "lowbit.analysis.bn_experiment:run_bn_smoothness",
+        "VGG with/without BatchNorm: loss landscape, gradient predictiveness, effective beta-smoothness (Santurkar et al. 2018)",
+    ),
+    "landscape": (
+        "LandscapeConfig",
+        "lowbit.analysis.landscape_experiment:run_landscape",
+        "2-D filter-normalised loss landscape (Li et al. 2018) and 1-D interpolation of a checkpoint",
+    ),
+    "attribution": (
+        "AttributionConfig",
+        "lowbit.analysis.attribution:run_attribution",
+        "saliency, integrated gradients and guided backprop heatmaps (captum) for chosen images",
+    ),
+    "weights": (
+        "WeightsConfig",
+        "lowbit.analysis.weights:run_weights",
+        "a layer's weights as pictures, one per optimizer or checkpoint",
+    ),
+}
+
+# the key a sweep's `seeds:` sets, per analysis (None: the analysis draws no random numbers of its own)
+SEED_KEYS: Dict[str, Optional[str]] = {
+    "bn-smoothness": "seed",
+    "landscape": "directions.seed",
+    "attribution": None,
+    "weights": None,
+}
+
+
+def analysis_config_class(name: str) -> type:
+    from lowbit import analysis
+
+    if name not in ANALYSES:
+        raise UnknownNameError(unknown_name_message("analysis", name, ANALYSES))
+    return getattr(analysis, ANALYSES[name][0])
+
+
+def load_analysis_config(name: str, path: Optional[PathLike] = None, overrides: Sequence[str] = (), base: Optional[Dict[str, Any]] = None) -> Any:
+    """The config ``lowbit analyze NAME [PATH] [key=value ...]`` runs (no file: the built-in recipe)."""
+    return load_config(analysis_config_class(name), path, overrides, base=base)
+
+
+def run_analysis(
+    name: str,
+    config: Any,
+    run_dir: Optional[PathLike] = None,
+    *,
+    runs_dir: PathLike = "runs",
+    data_dir: Optional[str] = None,
+    progress: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+) -> Path:
+    """Run the analysis ``name`` on ``config`` into a run directory; return it.
+
+    ``run_dir`` (created if missing) replaces the default ``runs_dir/<config.name>-<time>``.
+    Writes ``config.yaml``, ``meta.yaml``, the analysis' records and plots, ``summary.yaml`` and ``report.md``.
+    """
+    import torch
+
+    from lowbit.analysis.report import SUMMARY_FILE, write_analysis_report
+    from lowbit.runs import atomic_write_text, create_run_dir, write_run_files
+
+    analysis_config_class(name)  # a clear error for an unknown name
+    _, runner_spec, _ = ANALYSES[name]
+    resolve_device(config.device)  # no such device: one line, before the run directory exists
+    set_tf32(False)  # the landscapes and probes are compared point by point: full fp32 matmuls
+    if getattr(config, "threads", None):
+        torch.set_num_threads(config.threads)
+    if run_dir is None:
+        run_dir = create_run_dir(config.name, runs_dir)
+    else:
+        run_dir = Path(run_dir)
+        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    write_run_files(run_dir, config)
+    if log is not None:
+        log(f"writing to {run_dir}")
+    start = time.perf_counter()
+    module, _, function = runner_spec.partition(":")
+    runner = getattr(importlib.import_module(module), function)
+    summary = runner(config, run_dir, data_dir=data_dir, progress=progress, log=log)
+    summary = {"analysis": name, "seconds_total": time.perf_counter() - start, **summary}
+    atomic_write_text(run_dir / SUMMARY_FILE, yaml.safe_dump(plain(summary), sort_keys=False))
+    write_analysis_report(run_dir)
+    return run_dir
+
+
+def plain(value: Any) -> Any:
+    """YAML-safe plain types (str subclasses such as torch's version string, tuples, numpy scalars)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)

@@ -1,0 +1,87 @@
+"""``lowbit probe`` as a function: the run directory, a graceful stop, the report.
+
+``run_probe(config)`` is exactly what ``lowbit probe CONFIG key=value ...``
+does once the config is loaded, so a sweep cell (``lowbit.sweep``) and a run by
+hand make the same run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from lowbit.config import load_config
+from lowbit.probe.config import ProbeConfig
+from lowbit.probe.plan import prepare
+from lowbit.probe.runner import run_grid
+from lowbit.runs import create_run_dir, write_run_files
+from lowbit.signals import sigterm_as_interrupt
+
+PathLike = Union[str, Path]
+RECORDS_FILE = "records.csv"
+
+
+class ProbeInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: every finished unit is saved in ``run_dir``; ``--resume`` finishes it."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+def run_probe(
+    config: Optional[ProbeConfig] = None,
+    run_dir: Optional[PathLike] = None,
+    resume: Optional[PathLike] = None,
+    *,
+    runs_dir: PathLike = "runs",
+    progress: bool = True,
+    estimate: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+) -> Path:
+    """Measure ``config`` (default: the built-in probe) into a run directory and write its report.
+
+    Args:
+        config: the probe; not allowed with ``resume``.
+        run_dir: where to write (created; must hold no records). Default ``runs_dir/<name>-<time>``.
+        resume: a run directory to finish with its own ``config.yaml``; saved units are not recomputed.
+        progress: a progress bar; estimate: print the time estimate before the work starts.
+        log: called with the line naming the run directory.
+
+    Raises:
+        ValueError / FileNotFoundError: a bad config or run directory, before any compute.
+        ProbeInterrupted: Ctrl-C or SIGTERM; finished units are kept.
+    """
+    from lowbit.report import write_probe_report
+
+    if resume is not None:
+        if config is not None or run_dir is not None:
+            raise ValueError("resume finishes a run with its own config.yaml: do not pass config or run_dir too")
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"{str(run_dir)!r} has no config.yaml: is it a run directory of `lowbit probe`?")
+        config = load_config(ProbeConfig, run_dir / "config.yaml")
+        prepare(config)
+    else:
+        config = config if config is not None else ProbeConfig(name="probe-default")
+        prepare(config)  # every check before the run directory exists or any compute starts
+        if run_dir is None:
+            run_dir = create_run_dir(config.name, runs_dir)
+        else:
+            run_dir = Path(run_dir)
+            if (run_dir / RECORDS_FILE).exists():
+                raise ValueError(f"{str(run_dir)!r} already holds probe records; resume it or choose another run_dir")
+            (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        write_run_files(run_dir, config)
+    if log is not None:
+        log(f"writing to {run_dir}")
+
+    with sigterm_as_interrupt():
+        try:
+            run_grid(config, run_dir, progress=progress, estimate=estimate)
+        except KeyboardInterrupt:
+            if (run_dir / RECORDS_FILE).exists():
+                write_probe_report(run_dir)
+            raise ProbeInterrupted(run_dir) from None
+    write_probe_report(run_dir)
+    return run_dir
