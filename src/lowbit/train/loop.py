@@ -61,10 +61,12 @@ from lowbit.train.checkpoint import (
 )
 from lowbit.train.config import TrainConfig
 from lowbit.train.flips import flip_columns, flip_ratio_for
+from lowbit.train.distill import build_distiller, resolve_teacher
 from lowbit.train.losses import LOSSES, LossFn, build_loss
 from lowbit.train.optim import OPTIMIZERS, build_optimizer, set_learning_rate
 from lowbit.train.schedules import SCHEDULES, make_schedule
 from lowbit.train.summary import GRAD_HIST_FILE, GRAD_STATS_FILE, STORAGE_FILE, read_stats
+from lowbit.train.surrogate_schedule import build_surrogate_schedule
 
 PathLike = Union[str, Path]
 
@@ -112,6 +114,8 @@ class Setup:
     total_steps: int
     num_params: int
     init_info: Optional[Dict[str, list]] = None
+    surrogate: Any = None  # lowbit.train.surrogate_schedule.SurrogateSchedule, or None
+    distiller: Any = None  # lowbit.train.distill.Distiller, or None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,8 +185,8 @@ def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
 
 def build(config: TrainConfig, device: torch.device) -> Setup:
     """Data, model, optimizer, loss and schedule from ``config``; raises on any bad input."""
-    from lowbit.data import BatchAugment, load_dataset
-    from lowbit.models import create_model
+    from lowbit.data import BatchAugment, load_dataset, normalize
+    from lowbit.models import check_model_fits, create_model
 
     check_names(config)
     check_baseline(config)
@@ -201,6 +205,8 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         in_channels=train_set.images.shape[1],
         **config.model.create_kwargs(),
     )
+    size = "null" if d.image_size is None else d.image_size
+    check_model_fits(model, config.model.name, train_set.images.shape[1:], f"{d.dataset}, data.image_size={size}")
     if config.binarize is not None or config.model.weight_clip is not None:  # binarize:, weight clipping
         from lowbit.data import normalize
         from lowbit.train.binarize import prepare_binary_model
@@ -231,6 +237,9 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         std=train_set.std,
     )
     lr_at = make_schedule(config.schedule, config.optim.lr, total_steps, steps_per_epoch)
+    surrogate = build_surrogate_schedule(config.surrogate, model, config.model.name, total_steps, steps_per_epoch)
+    example = normalize(train_set.images[:2].to(device), train_set.mean, train_set.std)  # (2, C, H, W)
+    distiller = build_distiller(config.distill, model, example, train_set.num_classes, d.dataset, steps_per_epoch)
     return Setup(
         config=config,
         device=device,
@@ -250,6 +259,8 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         total_steps=total_steps,
         num_params=sum(p.numel() for p in model.parameters()),
         init_info=init_info,
+        surrogate=surrogate,
+        distiller=distiller,
     )
 
 
@@ -437,6 +448,8 @@ def train(
         config = load_config(TrainConfig, run_dir / "config.yaml")
         state = load_checkpoint(checkpoint_path(run_dir))
     config = _with(config or TrainConfig(), data_dir, device)
+    if config.distill is not None:  # a teacher glob becomes the run it names, saved so that a resume uses it
+        config = dataclasses.replace(config, distill=resolve_teacher(config.distill))
     dev = resolve_device(config.run.device)
     set_tf32(config.run.allow_tf32)
     if state is not None and state.get("complete"):
@@ -504,6 +517,8 @@ def train(
             _restore_quantizer_schedules(model, state.get("quantizer_schedules", {}))
             if flips is not None:
                 flips.load_state_dict(state.get("flip_ratio"))
+            if setup.distiller is not None:
+                setup.distiller.load_state_dict(state.get("distill"), model)
             _rewrite_metrics(run_dir / METRICS_FILE, history)
             _keep_grad_stats_before(run_dir, step)
         metrics_writer = RecordWriter(run_dir / METRICS_FILE)
@@ -549,6 +564,7 @@ def train(
                     "config": to_dict(cfg),
                     "quantizer_schedules": _quantizer_schedules(model),
                     "flip_ratio": flips.state_dict() if flips is not None else None,
+                    "distill": setup.distiller.state_dict() if setup.distiller is not None else None,
                 },
             )
 
@@ -564,6 +580,8 @@ def train(
                         perm = torch.randperm(n_train, generator=data_gen).to(dev)  # (N,)
                         position = 0
                         sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+                    if setup.distiller is not None:
+                        setup.distiller.on_epoch_start(epoch, model)  # Real-to-Binary's stage 2, when due
                     model.train()
                     t0 = time.perf_counter()
                     bar = tqdm(
@@ -585,6 +603,8 @@ def train(
                             x = x.contiguous(memory_format=torch.channels_last)
                         lr = setup.lr_at(step)
                         set_learning_rate(optimizer, lr)  # times a group's lr_scale (optim.groups)
+                        if setup.surrogate is not None:
+                            setup.surrogate.apply(step)
 
                         sampled = stats is not None and step % stats_every == 0
                         if sampled:
@@ -593,6 +613,8 @@ def train(
                         with autocast():
                             logits = model(x)  # (B, K)
                             loss = setup.loss_fn(logits.float(), target)
+                            if setup.distiller is not None:
+                                loss = setup.distiller.loss(x, logits.float(), loss)
                         if not torch.isfinite(loss):
                             raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, ckpt_file), run_dir)
                         optimizer.zero_grad(set_to_none=True)
@@ -636,6 +658,8 @@ def train(
                         "seconds": sums["seconds"],
                         **_sparsity_columns(setup.optimizer),
                         **(flips.epoch_columns() if flips is not None else {}),
+                        **(setup.surrogate.columns(step - 1) if setup.surrogate is not None else {}),
+                        **(setup.distiller.columns() if setup.distiller is not None else {}),
                     }
                     history.append(record)
                     metrics_writer.write(record)
