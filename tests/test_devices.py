@@ -59,12 +59,18 @@ class _Recorder(nn.Module):
         return self.head(h.relu().mean((2, 3)))
 
 
-if "test_dtype_recorder" not in __import__("lowbit.models", fromlist=["list_models"]).list_models():
+@pytest.fixture
+def recorder_model():
+    """``test_dtype_recorder`` in the model registry for one test (the zoo's parametrised tests never see it)."""
+    from lowbit.models.registry import MODELS
+
     register_model("test_dtype_recorder")(lambda num_classes=10, in_channels=1: _Recorder(num_classes, in_channels))
+    yield "test_dtype_recorder"
+    MODELS._entries.pop("test_dtype_recorder")
 
 
 @pytest.mark.parametrize("precision,channels_last", [("fp32", False), ("bf16", False), ("bf16", True), ("fp32", True)])
-def test_bf16_autocast_and_channels_last_on_the_cpu(tmp_path, precision, channels_last):
+def test_bf16_autocast_and_channels_last_on_the_cpu(tmp_path, precision, channels_last, recorder_model):
     from lowbit.runs import read_records
     from lowbit.train import load_train_config, train
 
@@ -82,7 +88,7 @@ def test_bf16_autocast_and_channels_last_on_the_cpu(tmp_path, precision, channel
     assert len(rows) == 2 and all(0.0 <= r["test_acc"] <= 1.0 and r["train_loss"] == r["train_loss"] for r in rows)
 
 
-def test_train_turns_tf32_off_unless_allowed(tmp_path):
+def test_train_turns_tf32_off_unless_allowed(tmp_path, recorder_model):
     from lowbit.train import load_train_config, train
 
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

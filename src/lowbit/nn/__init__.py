@@ -13,7 +13,14 @@ weight; ``input_quantizer`` / ``weight_quantizer`` are submodules.
 
 from __future__ import annotations
 
-from lowbit.nn.binary import BinaryConv2d, BinaryLinear, QuantizedWeightLayer
+from lowbit.nn.binary import (
+    BinaryConv2d,
+    BinaryLinear,
+    QuantizedWeightLayer,
+    binary_weight_parts,
+    is_sign_quantizer,
+    set_exact_eval,
+)
 from lowbit.nn.binary_conv import BinaryConv1d, BinaryConvTranspose2d
 from lowbit.nn.convert import binarize
 from lowbit.nn.dropout import MaxDropout, max_dropout
@@ -62,11 +69,13 @@ __all__ = [
     "SignedUniformActivation",
     "binarize",
     "binary_layers",
+    "binary_weight_parts",
     "binary_weights",
     "check_weight_clip",
     "clip_latent_weights_",
     "constant_quantized_inputs",
     "is_binary_layer",
+    "is_sign_quantizer",
     "nonnegative_inputs",
     "select_modules",
     "select_parameters",
@@ -76,6 +85,7 @@ __all__ = [
     "max_dropout",
     "quantizer_bits",
     "quantizer_name",
+    "set_exact_eval",
     "signed_uniform_quantize",
     # low-bit training (quantize_model.py)
     "QUANT_CONFIG_KEYS",

@@ -70,6 +70,7 @@ from lowbit.quant.lowbit_training import (
     step_for_range,
     uniform_grid,
 )
+from lowbit.quant.windowed import WindowedApproxSign, approx_sign_window
 from lowbit.quant.weights import (
     MagnitudeAwareSign,
     XNORWeight,
@@ -104,8 +105,10 @@ __all__ = [
     "UniformActivation",
     "UniformWeight",
     "VariantSignSTE",
+    "WindowedApproxSign",
     "XNORWeight",
     # functional forms
+    "approx_sign_window",
     "dorefa",
     "hard_sign",
     "magnitude_aware_sign",

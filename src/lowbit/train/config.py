@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 from lowbit.devices import check_device_name
+from lowbit.train.distill import DistillConfig
+from lowbit.train.surrogate_schedule import SurrogateScheduleConfig
 
 
 # run.grad_stats_every when unset in a run with quant: (see RunConfig)
@@ -34,7 +36,7 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"  # cifar10 | cifar100 | mnist | digits (scikit-learn, ships with the package)
+    dataset: str = "digits"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist5k | digits (scikit-learn, ships with it)
     data_dir: Optional[str] = None  # folder with the archives; None: $LOWBIT_DATA, else ./data
     image_size: Optional[int] = 32  # pixels; None: native. Digits are 8x8; LeNet-5 needs >= 28
     train_subset: Optional[int] = None  # images; the first N training images only (quick tests); None: all
@@ -68,6 +70,9 @@ class ModelConfig:
     input_size: Optional[int] = None  # image side the model is built for (lenet5: 28 | 32, default 32)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # any other create_model keyword
     channels_last: bool = False  # NHWC memory layout; faster convolutions on recent GPUs
+    # under torchrun: BatchNorm statistics over the global batch (every rank's part), as one process computes
+    # them (lowbit.train.sync_batchnorm; torch's SyncBatchNorm on CUDA); false: per rank. No effect in one process
+    sync_bn: bool = False
     # Larq's weight_clip: after every optimizer step each binary layer's latent weights are clamped to
     # [-c, c] (lowbit.nn.latent); 1.0 matches ste_sign's gradient window |w| <= 1. None: no clipping
     weight_clip: Optional[float] = None
@@ -312,6 +317,12 @@ class TrainConfig:
     # binarize a zoo model: {input_quantizer, weight_quantizer, keep_first_last, include, exclude, subclasses}
     # for lowbit.nn.binarize, before the optimizer is built; None: the model as built
     binarize: Optional[BinarizeConfig] = None
+    # scheduled surrogate gradients: quantizer parameters (window, beta, clip, slope) moved from a start to an
+    # end value over training (lowbit.train.surrogate_schedule; docs/training.md); None: fixed as built
+    surrogate: Optional[SurrogateScheduleConfig] = None
+    # distillation from a frozen teacher: KD, ReActNet's distributional loss, attention transfer, Real-to-Binary's
+    # two stages (lowbit.train.distill; docs/training.md); None: no teacher
+    distill: Optional[DistillConfig] = None
 
     def __post_init__(self) -> None:
         # options that only make sense together, reported together
