@@ -52,6 +52,10 @@ class LrGridConfig:
     max: float = 10.0
     num: int = 1000  # the notes scanned 1e-5..1e-1 at 1e-5 (10^4 points): set num=10000, scale=linear
     scale: Literal["log", "linear"] = "log"
+    # Bracket the optimum: while the best lr sits on an edge of the grid, add a decade beyond it (at the
+    # grid's density; never past the common budget, nor below 1e-12 or above 1e6), then refine between
+    # the best lr's neighbours. `measure.lr_grid: auto` is this with the default min/max/num.
+    auto: bool = False
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -74,7 +78,8 @@ class BudgetConfig:
 
 @dataclass
 class MeasureConfig:
-    lr_grid: LrGridConfig = field(default_factory=LrGridConfig)
+    # The line search's lrs; "auto" = the default grid with `auto: true` (widened until it brackets the optimum).
+    lr_grid: Union[LrGridConfig, Literal["auto"]] = field(default_factory=LrGridConfig)
     quick_lr: float = 0.1  # notes 2021-04-30 "quick check": one fixed lr
     normalize: Literal["global", "per_layer", "none"] = "global"  # unit-normalise ĝ before stepping
     reference: Optional[str] = "cdg"  # label of the estimator others are compared with (cosine); null = none
@@ -82,6 +87,8 @@ class MeasureConfig:
     compare: List[List[str]] = field(default_factory=list)  # pairs [a, b]: records (L_a − L_b) / L_a
 
     def __post_init__(self) -> None:
+        if self.lr_grid == "auto":
+            self.lr_grid = LrGridConfig(auto=True)
         if self.quick_lr <= 0:
             raise ValueError(f"measure.quick_lr must be > 0, got {self.quick_lr}")
         if self.curve_points < 2:
