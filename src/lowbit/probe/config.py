@@ -24,6 +24,9 @@ class TaskConfig:
     # Student activation: a quantizer name, {name: ..., **params} (e.g. {name: uniform_act, levels: 3}),
     # or "none" for the full-precision control.
     act: Union[str, Dict[str, Any]] = "ste"
+    # The student's weights: real, or binary = XNOR weights alpha_i * sign(W_ij), alpha_i = mean_j |W_ij|,
+    # on latent float weights (the notes' networks binarise both; lowbit.probe.toy_binary). Same teacher either way.
+    weights: Literal["real", "binary"] = "real"
     batch_size: int = 4096  # samples per measured batch; notes: 160000 (GPU), 16000 in later notes
     pretrain_steps: int = 0  # notes 2021-05-17: 2000 steps of 16000 samples, then NES failed
     pretrain_batch_size: int = 1024

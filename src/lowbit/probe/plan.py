@@ -210,6 +210,7 @@ def make_task(
         act=settings["act"],
         batch_size=1 if check_only else settings["batch_size"],
         seed=config.seed + init,
+        weights=settings["weights"],
     )
     if settings["pretrain_steps"] > 0 and pretrain and not check_only:
         task.pretrain(
