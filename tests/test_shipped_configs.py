@@ -140,8 +140,14 @@ def shrink_probe(data: Dict[str, Any], data_dir: Path = None) -> Dict[str, Any]:
     lr_grid = data["measure"]["lr_grid"]
     lr_grid["num"] = min(lr_grid["num"], 20)
     data["measure"]["curve_points"] = min(data["measure"]["curve_points"], 5)
-    if data.get("trajectory"):
-        data["trajectory"]["evaluations"] = min(data["trajectory"]["evaluations"], 200)
+    trajectory = data["trajectory"]
+    if trajectory["evaluations"]:
+        trajectory["evaluations"] = min(trajectory["evaluations"], 120)
+        trajectory["points"] = min(trajectory["points"], 4)
+        trajectory["methods"] = [
+            {"name": s.name, "label": s.label, **shrink_estimator_params(s.name, s.params)}
+            for s in expand_estimators(trajectory["methods"])
+        ]
     network = data.get("network")
     if network:
         network["batch_size"] = 16

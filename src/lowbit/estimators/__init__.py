@@ -31,6 +31,7 @@ implementations), :class:`ModuleObjective` (any ``nn.Module``),
 :class:`GraphObjective` (a few layers of a large network: cached prefix,
 population folded into the batch, exact pruning of unchanged members); the
 teacher–student toy (``lowbit.probe.toy``) provides exact fast paths.
+:class:`CountingObjective` counts the loss evaluations an estimator asks for.
 Budgets: :func:`project` (exact Euclidean projection onto l2/l1/linf balls),
 :func:`norm_of`.
 """
@@ -46,6 +47,7 @@ from lowbit.estimators.base import (
 )
 from lowbit.estimators.budget import NORMS, flatten, norm_of, project, unflatten
 from lowbit.estimators.cdg import CDG
+from lowbit.estimators.counting import CountingObjective
 from lowbit.estimators.dg import DG
 from lowbit.estimators.flips import BernoulliNES, BopFlips, FlipCDG, flip_deltas
 from lowbit.estimators.multistep import OPTIMIZERS, MultiStepSTE
@@ -69,6 +71,7 @@ __all__ = [
     "BernoulliNES",
     "BopFlips",
     "CDG",
+    "CountingObjective",
     "DG",
     "FlipCDG",
     "SNES",

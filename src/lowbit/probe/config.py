@@ -174,6 +174,27 @@ class StatsConfig:
             raise ValueError(f"stats.batch_size must be >= 1, got {self.batch_size}")
 
 
+@dataclass
+class TrajectoryConfig:
+    """Loss curves of iterative methods from each unit's weights under one budget of loss evaluations
+    (lowbit.probe.trajectory): the notes' iterative NES beside STE-SGD and multi-step STE."""
+
+    evaluations: int = 0  # loss evaluations per method and unit; 0 = off
+    points: int = 40  # curve points per method, evenly spaced in evaluations
+    heldout: bool = True  # also the loss on a held-out batch at every point
+    # Each entry: {name: <estimator>, label, **params} as in `estimators`, plus how it steps: lr (gradient
+    # estimators: the step size, required), optimizer (sgd | sgdm | adam), normalize (unit-normalise ĝ first).
+    methods: List[Dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.evaluations < 0:
+            raise ValueError(f"trajectory.evaluations must be >= 0 (0: off), got {self.evaluations}")
+        if self.points < 1:
+            raise ValueError(f"trajectory.points must be >= 1, got {self.points}")
+        if self.evaluations and not self.methods:
+            raise ValueError("trajectory.evaluations is set but trajectory.methods is empty; list the methods to run")
+
+
 def _default_estimators() -> List[Dict[str, Any]]:
     return [
         {"name": "cdg", "eps": 0.1},
@@ -206,6 +227,7 @@ class ProbeConfig:
     # then sweep x inits x layers x batches, and probe.dims and task are unused.
     network: Optional[NetworkConfig] = None
     stats: StatsConfig = field(default_factory=StatsConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     def __post_init__(self) -> None:
         self.probe.check_select("dim" if self.network is None else "layer")
@@ -213,6 +235,8 @@ class ProbeConfig:
             self.probe.check_sweep(list(TaskConfig.__dataclass_fields__), "task")
             if self.stats.batches:
                 raise ValueError("stats (STE gradient statistics over mini-batches) needs a network: section")
+        elif self.trajectory.evaluations:
+            raise ValueError("trajectory (loss curves under a budget) runs on the toy task; remove the network: section or set trajectory.evaluations: 0")
         else:
             self.probe.check_sweep(list(NetworkConfig.__dataclass_fields__), "network")
             if self.probe.layers != "all" and any(not isinstance(x, str) for x in self.probe.layers):

@@ -12,6 +12,9 @@ the first task of each position (a toy dim, a network layer):
 - every other toy estimator (CDG with its exact fast path, STE, DG, multi-step
   STE): one call, timed directly.
 
+- trajectories: every method's budget of loss evaluations at the full-evaluation
+  time (a lower bound for methods that also backpropagate, e.g. STE-SGD).
+
 Pretraining and the STE statistics are left out, and the estimate says so.
 """
 
@@ -91,6 +94,12 @@ def estimate_time(
                     parts.append(f"{spec.label}: {coords} of {objective.numel()} coordinates at {per * 1e3:.1f} ms")
             else:
                 seconds += time_estimator(spec, objective, index)
+        if config.trajectory.evaluations:  # every method spends the budget (an STE step's backward is extra)
+            from lowbit.probe.trajectory import expand_methods
+
+            methods = len(expand_methods(config.trajectory.methods))
+            seconds += methods * config.trajectory.evaluations * full
+            parts.append(f"trajectories {methods} x {config.trajectory.evaluations} evaluations")
         estimate.per_unit[position] = seconds
         estimate.details[position] = ", ".join(parts)
     return estimate

@@ -218,6 +218,8 @@ def measure_unit(
             if len(estimate) > 1:
                 for layer, value in cosine_per_layer(estimate, reference).items():
                     rows.append({**row, "layer": layer, "metric": "cosine", "value": value})
+    if config.trajectory.evaluations:
+        rows += _trajectories(config, task, objective, base_row, uid, batch)
     for a, b in measure.compare:
         rows.append(
             {
@@ -229,6 +231,15 @@ def measure_unit(
             }
         )
     return rows
+
+
+def _trajectories(config: ProbeConfig, task: Any, objective: Any, base_row: Dict[str, Any], uid: str, batch: int):
+    """The unit's loss curves under the evaluation budget (``lowbit.probe.trajectory``), on the toy."""
+    from lowbit.probe.trajectory import trajectory_records
+
+    heldout = task.objective(layers=config.probe.layers, batch=config.probe.batches + batch) if config.trajectory.heldout else None
+    return trajectory_records(config.trajectory, objective, heldout, base_row,
+                              lambda label: stable_seed(config.seed, uid, "trajectory", label))
 
 
 def measure_stats_unit(

@@ -93,6 +93,7 @@ def write_probe_report(run_dir: Path) -> Path:
         lines += _layer_cosine_table(rows)
         plot = _plot_cosine_by_layer(rows, run_dir / "plots" / f"cosine_by_layer{'_' + suffix if suffix else ''}.png", colours)
         lines += [f"![cosine by layer](plots/{plot.name})", ""] if plot else []
+        lines += _trajectory_section(rows, config, run_dir / "plots" / f"trajectories{'_' + suffix if suffix else ''}.png", colours)
         lines += _normalized_difference(rows)
         if difference_plot and len(conditions) == 1:
             lines += [f"![normalised difference](plots/{difference_plot.name})", ""]
@@ -283,6 +284,61 @@ def _layer_cosine_table(rows: Sequence[Mapping[str, Any]]) -> List[str]:
         by_layer = group(items, lambda r: r["layer"])
         body.append([f"`{estimator}`"] + [format_mean_se(*mean_se([r["value"] for r in by_layer.get(l, [])])[:2]) for l in layers])
     return ["### Cosine with the reference per layer (all dims pooled)", "", markdown_table(["estimator"] + layers, body), ""]
+
+
+TRAJECTORY_TITLES = {
+    "trajectory_final_loss": "Loss at the end of the budget (probe batch, the objective minimised)",
+    "trajectory_final_heldout": "Loss at the end of the budget on a held-out batch",
+    "trajectory_final_sample_loss": "SNES: loss at a sample of the final search distribution (vs μ above)",
+    "trajectory_final_sigma": "SNES: mean σ of the final search distribution",
+    "trajectory_steps": "Steps taken within the budget",
+    "trajectory_seconds": "Seconds for the whole budget",
+}
+
+
+def _trajectory_section(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any], path: Path, colours: Mapping[str, Any]) -> List[str]:
+    """Loss vs loss evaluations per method (one panel per position), and the end-of-budget tables."""
+    curves = [r for r in rows if r["metric"] in ("trajectory_loss", "trajectory_heldout")]
+    if not curves:
+        return []
+    budget = (config.get("trajectory") or {}).get("evaluations")
+    lines = [
+        f"### Loss curves under a budget of {budget} loss evaluations per method",
+        "",
+        "Each method starts from the unit's weights and steps until it has used the budget (an STE step counts "
+        "one evaluation, its backward pass is extra; NES/SNES one per member; CDG 2P + 1). Solid: the probe batch "
+        "being minimised; dashed: a held-out batch. Means over inits × batches.",
+        "",
+    ]
+    plt = _pyplot()
+    positions = _positions(curves)
+    cols = min(len(positions), 3)
+    nrows = math.ceil(len(positions) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    for ax, pos in zip(axes.flat, positions):
+        for (label, metric), items in group([r for r in curves if r["pos"] == pos], lambda r: (r["estimator"], r["metric"])).items():
+            by_x = group(items, lambda r: r["evaluations"])
+            xs = sorted(by_x)
+            ys = [mean_se([r["value"] for r in by_x[x]])[0] for x in xs]
+            heldout = metric == "trajectory_heldout"
+            ax.plot(xs, ys, color=colours.get(label), ls="--" if heldout else "-", lw=1.0 if heldout else 1.6,
+                    label=None if heldout else label)
+        ax.set_yscale("log")
+        ax.set_title(_pos_label(pos))
+        ax.set_xlabel("loss evaluations")
+        ax.set_ylabel("loss")
+    for ax in list(axes.flat)[len(positions):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    lines += [f"![loss vs loss evaluations](plots/{path.name})", ""]
+    for metric, title in TRAJECTORY_TITLES.items():
+        table = _table(rows, metric)
+        if table:
+            lines += [f"#### {title}", "", table, ""]
+    return lines
 
 
 def _normalized_difference(rows: Sequence[Mapping[str, Any]]) -> List[str]:
