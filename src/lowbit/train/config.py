@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
+from lowbit.train.grad_probe import GradProbeConfig
+
 
 # run.grad_stats_every when unset in a run with quant: (see RunConfig)
 DEFAULT_GRAD_STATS_EVERY = 50
@@ -232,6 +234,9 @@ class TrainConfig:
     # low-bit training: {w_bits, a_bits, g_bits, e_bits, ...} for lowbit.nn.apply_quant_config, applied
     # to the model before the optimizer is built (docs/lowbit-training.md); None: the model as built
     quant: Optional[Dict[str, Any]] = None
+    # gradient quality during training (lowbit.train.grad_probe, docs/training.md): STE-CDG cosine, STE SNR and
+    # flip ratio per binary layer, at init and every probe.every epochs; None: off
+    probe: Optional[GradProbeConfig] = None
 
     def __post_init__(self) -> None:
         # options that only make sense together, reported together

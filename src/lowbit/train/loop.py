@@ -446,6 +446,11 @@ def train(
         random.seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         setup = build(cfg, dev)  # raises on any bad input, before anything is written
+        grad_probe = None  # gradient quality every probe.every epochs (lowbit.train.grad_probe); draws no random numbers
+        if cfg.probe is not None:
+            from lowbit.train.grad_probe import GradProbe
+
+            grad_probe = GradProbe(cfg.probe, setup, cfg.run.seed)  # checks the probed layers
         model, optimizer = setup.model, setup.optimizer
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
@@ -500,6 +505,8 @@ def train(
             _keep_grad_stats_before(run_dir, step)
         metrics_writer = RecordWriter(run_dir / METRICS_FILE)
         board = _tensorboard(run_dir, cfg.run.tensorboard)
+        if grad_probe is not None:  # measures at initialisation, or picks up after the resumed epoch
+            grad_probe.begin(run_dir, start_epoch, resumed=state is not None)
 
         # Gradient statistics: GradientStats is attached only for the forward/backward of every
         # stats_every-th global step (no hooks at all on the other steps), so the samples fall on the
@@ -634,6 +641,8 @@ def train(
                         log(_epoch_line(record, cfg.run.epochs))
                     perm, position = None, 0
                     flush_stats()
+                    if grad_probe is not None:
+                        grad_probe.after_epoch(epoch + 1)
                     checkpoint(epoch + 1, 0, None, complete=epoch + 1 == cfg.run.epochs)
                     if stop.signum is not None and epoch + 1 < cfg.run.epochs:
                         raise TrainingInterrupted(run_dir, epoch + 2, step)

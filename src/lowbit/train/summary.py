@@ -238,6 +238,9 @@ def write_train_report(run_dir: PathLike) -> Path:
     extras.update(model_cfg.get("kwargs") or {})
     baseline = _baseline_section(run_dir, row, config)
     lowbit_sections = _lowbit_sections(run_dir, config)
+    from lowbit.train.grad_probe import report_section  # the probe: section's records, if any
+
+    lowbit_sections += report_section(run_dir)
     per_epoch = ["| epoch | lr | train loss | train acc | test loss | test acc | seconds |", "|" + "---:|" * 7]
     for r in records:
         per_epoch.append(
