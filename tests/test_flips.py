@@ -264,3 +264,15 @@ def test_new_estimators_reject_bad_values():
     ]:
         with pytest.raises(ValueError, match=quoted):
             get_estimator(name, **params)
+
+
+def test_a_subset_seed_makes_estimators_measure_the_same_coordinates():
+    objective = binary_task(dim=4).objective()
+    cdg = get_estimator("cdg", eps=0.5, relative=True, coords=9, subset_seed=3)
+    flip = get_estimator("flip_cdg", coords=9, subset_seed=3)
+    cdg.estimate(objective, torch.Generator().manual_seed(0))
+    flip.estimate(objective, torch.Generator().manual_seed(1))  # another generator, the same subset
+    assert all(torch.equal(cdg.last_subset[k], flip.last_subset[k]) for k in objective.params)
+    other = get_estimator("flip_cdg", coords=9)
+    other.estimate(objective, torch.Generator().manual_seed(1))
+    assert not all(torch.equal(other.last_subset[k], flip.last_subset[k]) for k in objective.params)

@@ -55,6 +55,13 @@ def coordinate_deltas(objective: Any, steps, params=None) -> Params:
     return generic_coordinate_deltas(objective, steps, params)
 
 
+def random_subset(total: int, size: int, generator: Optional[torch.Generator], seed: Optional[int] = None) -> torch.Tensor:
+    """``size`` of ``range(total)`` drawn uniformly without replacement, sorted; from ``seed`` when given."""
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=generator)[:size].sort().values
+
+
 @register_estimator("cdg")
 class CDG(GradientEstimator):
     """ĝ_i = [L(w + ε e_i) − L(w − ε e_i)] / (2ε) (forward difference if ``central=False``).
@@ -65,24 +72,36 @@ class CDG(GradientEstimator):
         coords: measure only this many coordinates, a uniform random subset
             (None: all). ĝ is 0 on the others; ``last_subset`` is the mask.
         relative: ε_l = eps · mean|w_l| per studied tensor (module docstring).
+        subset_seed: draw the coordinate subset from this seed rather than from the
+            generator, so that several estimators (CDG at several ε, ``flip_cdg``)
+            measure the same coordinates and compare pairwise on them.
 
     Deterministic without ``coords`` (the generator draws the subset only).
     Returns tensors in the parameters' dtype (the differences are accumulated
     in float64).
     """
 
-    param_names = ("eps", "central", "coords", "relative")
+    param_names = ("eps", "central", "coords", "relative", "subset_seed")
 
-    def __init__(self, eps: float = 0.1, central: bool = True, coords: Optional[int] = None, relative: bool = False) -> None:
+    def __init__(
+        self,
+        eps: float = 0.1,
+        central: bool = True,
+        coords: Optional[int] = None,
+        relative: bool = False,
+        subset_seed: Optional[int] = None,
+    ) -> None:
         v = validated(
             {
                 "eps": lambda: check_positive("eps", eps),
                 "central": lambda: check_bool("central", central),
                 "coords": lambda: None if coords is None else check_int("coords", coords),
                 "relative": lambda: check_bool("relative", relative),
+                "subset_seed": lambda: None if subset_seed is None else check_int("subset_seed", subset_seed, 0),
             }
         )
         self.eps, self.central, self.coords, self.relative = v["eps"], v["central"], v["coords"], v["relative"]
+        self.subset_seed = v["subset_seed"]
         self.last_subset: Optional[Dict[str, torch.Tensor]] = None
 
     def steps_for(self, params: Mapping[str, torch.Tensor]) -> Dict[str, float]:
@@ -110,7 +129,7 @@ class CDG(GradientEstimator):
             return {k: self._combine(d, eps[k]).to(like[k].dtype) for k, d in deltas.items()}
         from lowbit.estimators.objective import step_vector, subset_coordinate_deltas
 
-        chosen = torch.randperm(total, generator=generator)[: self.coords].sort().values
+        chosen = random_subset(total, self.coords, generator, self.subset_seed)
         deltas = subset_coordinate_deltas(objective, steps, chosen)  # (n_steps, m)
         flat = torch.zeros(total, dtype=torch.float64)
         flat[chosen] = self._combine(deltas, step_vector(eps, like)[chosen])
@@ -123,4 +142,4 @@ class CDG(GradientEstimator):
         return (deltas[0] - deltas[1]) / (2.0 * eps) if self.central else deltas[0] / eps
 
 
-__all__ = ["CDG", "coordinate_deltas"]
+__all__ = ["CDG", "coordinate_deltas", "random_subset"]

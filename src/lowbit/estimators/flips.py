@@ -105,15 +105,21 @@ class FlipCDG(GradientEstimator):
     Args:
         coords: measure only this many coordinates, a uniform random subset
             (None: all); ĝ is 0 elsewhere and ``last_subset`` is the mask.
+        subset_seed: draw that subset from this seed (as ``cdg``'s), so that
+            CDG and flip CDG can measure the same coordinates.
 
     ``last_deltas`` holds the raw ΔL of the measured flips (name -> tensor, NaN
     where not measured). Deterministic without ``coords``.
     """
 
-    param_names = ("coords",)
+    param_names = ("coords", "subset_seed")
 
-    def __init__(self, coords: Optional[int] = None) -> None:
-        self.coords = validated({"coords": lambda: None if coords is None else check_int("coords", coords)})["coords"]
+    def __init__(self, coords: Optional[int] = None, subset_seed: Optional[int] = None) -> None:
+        v = validated({
+            "coords": lambda: None if coords is None else check_int("coords", coords),
+            "subset_seed": lambda: None if subset_seed is None else check_int("subset_seed", subset_seed, 0),
+        })
+        self.coords, self.subset_seed = v["coords"], v["subset_seed"]
         self.last_subset: Optional[Dict[str, torch.Tensor]] = None
         self.last_deltas: Optional[Dict[str, torch.Tensor]] = None
 
@@ -125,7 +131,9 @@ class FlipCDG(GradientEstimator):
             deltas = flip_deltas(objective)
             self.last_deltas = deltas
             return {k: flip_slope(deltas[k], like[k]).to(like[k].dtype) for k in like}
-        chosen = torch.randperm(total, generator=generator)[: self.coords].sort().values
+        from lowbit.estimators.cdg import random_subset
+
+        chosen = random_subset(total, self.coords, generator, self.subset_seed)
         measured = subset_coordinate_deltas(objective, [flip_steps(like)], chosen)[0]  # (m,)
         flat = torch.full((total,), float("nan"), dtype=torch.float64)
         flat[chosen] = measured

@@ -12,8 +12,7 @@ the first task of each position (a toy dim, a network layer):
 - every other toy estimator (CDG with its exact fast path, STE, DG, multi-step
   STE): one call, timed directly.
 
-- trajectories: every method's budget of loss evaluations at the full-evaluation
-  time (a lower bound for methods that also backpropagate, e.g. STE-SGD).
+- trajectories: one step of every method, timed, times the steps its budget allows.
 
 Pretraining and the STE statistics are left out, and the estimate says so.
 """
@@ -94,12 +93,12 @@ def estimate_time(
                     parts.append(f"{spec.label}: {coords} of {objective.numel()} coordinates at {per * 1e3:.1f} ms")
             else:
                 seconds += time_estimator(spec, objective, index)
-        if config.trajectory.evaluations:  # every method spends the budget (an STE step's backward is extra)
-            from lowbit.probe.trajectory import expand_methods
+        if config.trajectory.evaluations:
+            from lowbit.probe.trajectory import time_trajectories
 
-            methods = len(expand_methods(config.trajectory.methods))
-            seconds += methods * config.trajectory.evaluations * full
-            parts.append(f"trajectories {methods} x {config.trajectory.evaluations} evaluations")
+            spent, methods = time_trajectories(config.trajectory, objective)
+            seconds += spent
+            parts.append(f"trajectories {methods} x {config.trajectory.evaluations} evaluations (~{duration(spent)})")
         estimate.per_unit[position] = seconds
         estimate.details[position] = ", ".join(parts)
     return estimate

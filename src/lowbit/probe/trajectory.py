@@ -32,6 +32,7 @@ never one the grid measures) at the same points; both evaluations are free.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -178,4 +179,17 @@ def trajectory_records(
     return rows
 
 
-__all__ = ["METHOD_KEYS", "MethodSpec", "expand_methods", "trajectory_records"]
+def time_trajectories(config: TrajectoryConfig, objective: Any) -> Any:
+    """(seconds, number of methods): every method's budget at the time and cost of one step, timed here."""
+    total, specs = 0.0, expand_methods(config.methods)
+    for spec in specs:
+        counter = CountingObjective(objective)
+        method = _Iterate(spec, objective.params)
+        start = time.perf_counter()
+        method.step(counter, torch.Generator().manual_seed(0))
+        per_step = time.perf_counter() - start
+        total += per_step * math.ceil(config.evaluations / max(1, counter.evaluations))
+    return total, len(specs)
+
+
+__all__ = ["METHOD_KEYS", "MethodSpec", "expand_methods", "time_trajectories", "trajectory_records"]

@@ -195,7 +195,7 @@ class GradProbe:
         atomic_torch_save({"epoch": epoch, "signs": signs}, self.run_dir / SIGNS_FILE)
 
     def _records(self, epoch: int) -> List[Dict[str, Any]]:
-        from lowbit.estimators import GraphObjective, get_estimator, use_batch_statistics
+        from lowbit.estimators import GraphObjective, ModuleObjective, get_estimator, use_batch_statistics
         from lowbit.probe.ste_stats import minibatches, ste_statistics_records
         from lowbit.probe.subset import subset_cosine
 
@@ -205,8 +205,10 @@ class GradProbe:
             p.requires_grad_(True)
         loss_fn = self.setup.loss_fn
         rows: List[Dict[str, Any]] = []
-        surrogate = None if c.surrogate is None else c.surrogate
-        ste = get_estimator("ste", surrogate=surrogate)
+        ste = get_estimator("ste", surrogate=c.surrogate)
+        # The STE of every probed layer from one backward pass on the fixed batch.
+        everything = ModuleObjective(model, self.batch, loss_fn=loss_fn, params=list(self.weights.values()))
+        ste_all = ste.estimate(everything)
         for index, (layer, name) in enumerate(self.weights.items()):
             objective = GraphObjective(model, self.batch, loss_fn=loss_fn, params=[name])
             if c.reference == "cdg":
@@ -215,7 +217,7 @@ class GradProbe:
                 reference = get_estimator("flip_cdg", coords=c.coords)
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + index)
             r = reference.estimate(objective, generator)
-            g = ste.estimate(objective)
+            g = {name: ste_all[name]}
             value, se = subset_cosine(r, g, reference.last_subset) if reference.last_subset is not None else (_cos(r, g), 0.0)
             measured = reference.last_subset
             nonzero = sum(int((r[k].ne(0) & (measured[k] if measured is not None else True)).sum()) for k in r)
