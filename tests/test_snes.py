@@ -7,24 +7,10 @@ import math
 import pytest
 import torch
 
-from lowbit.estimators import Objective, SNES, get_estimator, snes_update
+from test_estimators import Quadratic  # L(w) = ½ Σ a_i w_i² + b·w, minimised at w* = −b/a
+
+from lowbit.estimators import SNES, get_estimator, snes_update
 from lowbit.estimators.snes import default_lr_sigma, default_population
-
-
-class Quadratic(Objective):
-    """L(w) = ½ Σ a_i w_i² + b·w, minimised at w* = −b/a."""
-
-    def __init__(self, a, b, w):
-        self.a, self.b = a, b
-        self.params = {"w": w}
-
-    def loss(self, params=None, surrogate=None):
-        w = self.with_params(params)["w"]
-        return 0.5 * (self.a * w * w).sum() + (self.b * w).sum()
-
-    def losses(self, stacked):
-        w = stacked["w"]  # (pop, n)
-        return (0.5 * (self.a * w * w).sum(-1) + (w * self.b).sum(-1)).double()
 
 
 A = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)

@@ -60,7 +60,6 @@ from lowbit.estimators.base import (
     check_choice,
     check_int,
     check_positive,
-    raise_collected,
     register_estimator,
     validated,
 )
@@ -160,21 +159,16 @@ class BernoulliNES(GradientEstimator):
     param_names = ("population", "flip_prob", "shaping", "chunk")
 
     def __init__(self, population: int = 1000, flip_prob: float = 0.01, shaping: str = "none", chunk: Optional[int] = None) -> None:
-        errors = []
-        checks = {
+        values = validated({
             "population": lambda: check_int("population", population, 2),
             "flip_prob": lambda: check_positive("flip_prob", flip_prob),
             "shaping": lambda: check_choice("shaping", shaping, SHAPINGS),
             "chunk": lambda: None if chunk is None else check_int("chunk", chunk, 1),
-        }
-        for key, check in checks.items():
-            try:
-                setattr(self, key, check())
-            except ValueError as error:
-                errors.append(str(error))
-        if not errors and not self.flip_prob < 1:
-            errors.append(f"flip_prob must be in (0, 1), got {flip_prob!r}")
-        raise_collected(errors)
+        })
+        if not values["flip_prob"] < 1:
+            raise ValueError(f"flip_prob must be in (0, 1), got {flip_prob!r}")
+        for key, value in values.items():
+            setattr(self, key, value)
 
     def estimate(self, objective: Any, generator: Optional[torch.Generator] = None) -> Params:
         like = objective.params

@@ -59,8 +59,8 @@ from lowbit.estimators.base import (
     check_choice,
     check_int,
     check_positive,
-    raise_collected,
     register_estimator,
+    validated,
 )
 from lowbit.estimators.budget import flatten, unflatten
 from lowbit.estimators.nes import SHAPINGS, evaluate_members, fitness_weights
@@ -194,8 +194,7 @@ class SNES(GradientEstimator):
         final: str = "mean",
         chunk: Optional[int] = None,
     ) -> None:
-        errors = []
-        checks = {
+        values = validated({
             "population": lambda: None if population is None else check_int("population", population, 2),
             "iterations": lambda: check_int("iterations", iterations, 1),
             "sigma": lambda: check_positive("sigma", sigma),
@@ -205,17 +204,13 @@ class SNES(GradientEstimator):
             "antithetic": lambda: check_bool("antithetic", antithetic),
             "final": lambda: check_choice("final", final, FINALS),
             "chunk": lambda: None if chunk is None else check_int("chunk", chunk, 1),
-        }
-        for key, check in checks.items():
-            try:
-                setattr(self, key, check())
-            except ValueError as error:
-                errors.append(str(error))
-        if not errors and antithetic and population is not None and population % 2:
-            errors.append(f"population must be even with antithetic=True (pairs s, -s), got {population}")
-        if not errors and shaping == "none" and antithetic and population is not None and population < 4:
-            errors.append(f"population must be >= 4 for an unbiased sigma gradient with antithetic pairs, got {population}")
-        raise_collected(errors)
+        })
+        if antithetic and population is not None and population % 2:
+            raise ValueError(f"population must be even with antithetic=True (pairs s, -s), got {population}")
+        if shaping == "none" and antithetic and population is not None and population < 4:
+            raise ValueError(f"population must be >= 4 for an unbiased sigma gradient with antithetic pairs, got {population}")
+        for key, value in values.items():
+            setattr(self, key, value)
 
     def start(self, params: Params) -> SNESSearch:
         """A search at μ = ``params``, σ = ``sigma`` (no evaluation yet)."""

@@ -62,13 +62,8 @@ class BinaryWeightToyObjective(Objective):
         self.layers = self.effective.layers
         self.params = {layer_name(l): self.latent[l] for l in self.layers}
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.x.dtype
-
-    @property
-    def batch_size(self) -> int:
-        return self.x.shape[0]
+    dtype = property(lambda self: self.effective.dtype)
+    batch_size = property(lambda self: self.effective.batch_size)
 
     def loss(self, params: Optional[Mapping[str, torch.Tensor]] = None, surrogate: SurrogateSpec = None) -> torch.Tensor:
         from lowbit.quant import xnor_weight

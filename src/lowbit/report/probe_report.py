@@ -312,9 +312,7 @@ def _trajectory_section(rows: Sequence[Mapping[str, Any]], config: Mapping[str, 
     ]
     plt = _pyplot()
     positions = _positions(curves)
-    cols = min(len(positions), 3)
-    nrows = math.ceil(len(positions) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    fig, axes = _panel_grid(plt, len(positions))
     for ax, pos in zip(axes.flat, positions):
         for (label, metric), items in group([r for r in curves if r["pos"] == pos], lambda r: (r["estimator"], r["metric"])).items():
             by_x = group(items, lambda r: r["evaluations"])
@@ -327,12 +325,7 @@ def _trajectory_section(rows: Sequence[Mapping[str, Any]], config: Mapping[str, 
         ax.set_title(_pos_label(pos))
         ax.set_xlabel("loss evaluations")
         ax.set_ylabel("loss")
-    for ax in list(axes.flat)[len(positions):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, axes, len(positions), path)
     lines += [f"![loss vs loss evaluations](plots/{path.name})", ""]
     for metric, title in TRAJECTORY_TITLES.items():
         table = _table(rows, metric)
@@ -391,9 +384,7 @@ def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path, colours: Mapping
         return None
     plt = _pyplot()
     dims = _positions(curves)
-    cols = min(len(dims), 3)
-    nrows = math.ceil(len(dims) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    fig, axes = _panel_grid(plt, len(dims))
     for ax, dim in zip(axes.flat, dims):
         top = 0.0
         for estimator, items in group([r for r in curves if r["pos"] == dim], lambda r: r["estimator"]).items():
@@ -409,13 +400,25 @@ def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path, colours: Mapping
         ax.set_title(_pos_label(dim))
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("loss decrease")
-    for ax in list(axes.flat)[len(dims):]:
+    _finish(plt, fig, axes, len(dims), path)
+    return path
+
+
+def _panel_grid(plt: Any, n: int) -> Tuple[Any, Any]:
+    """A figure of ``n`` panels, three per row."""
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    return plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+
+
+def _finish(plt: Any, fig: Any, axes: Any, used: int, path: Path) -> None:
+    """Blank the unused panels, a legend in the first, save and close."""
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
 
 
 def _errorbars(ax: Any, selected: Sequence[Mapping[str, Any]], metric: str, colours: Mapping[str, Any]) -> None:
