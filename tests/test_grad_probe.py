@@ -13,7 +13,7 @@ import torch
 from lowbit.runs import read_records
 from lowbit.train import train
 from lowbit.train.config import load_train_config
-from lowbit.train.grad_probe import GRAD_PROBE_FILE, is_binary_layer
+from lowbit.train.grad_probe import GRAD_PROBE_FILE, is_probed_layer
 
 TINY_XNOR = ["model.width=4", "data.train_subset=96", "data.test_subset=32", "data.batch_size=32",
              "run.tensorboard=false", "run.threads=1"]
@@ -41,7 +41,7 @@ def test_the_probe_writes_its_table_and_plot_on_a_digits_run(probed_run):
     from lowbit.models import create_model
 
     model = create_model("xnor_resnet18", width=4, num_classes=10, in_channels=1)
-    assert model_layers == {n for n, m in model.named_modules() if n and is_binary_layer(m)}
+    assert model_layers == {n for n, m in model.named_modules() if n and is_probed_layer(m)}
     assert len(model_layers) == 16  # the 16 binary convs of the blocks (stem and head stay float)
     assert sorted({int(r["epoch"]) for r in rows}) == [0, 2, 3]  # init, every 2nd epoch, the last
     metrics = {r["metric"] for r in rows}

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 probe.every=5")
         p.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
         p.add_argument("--data-dir", default=None, help="folder with the data set archives (default: $LOWBIT_DATA, else ./data)")
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides the config's device")
         p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.analysis.report import SUMMARY_FILE
 
     config_path, overrides = split_config_and_overrides(args.config, args.overrides)
-    config = load_analysis_config(args.analysis, config_path, overrides)
+    config = load_analysis_config(args.analysis, config_path, overrides + ([f"device={args.device}"] if args.device else []))
     prefix = f"lowbit analyze {args.analysis}"
     log = None if args.quiet else (lambda line: print(f"{prefix}: {line}", file=sys.stderr))
     run_dir = run_analysis(

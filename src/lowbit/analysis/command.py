@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import yaml
 
 from lowbit.config import load_config
+from lowbit.devices import resolve_device, set_tf32
 from lowbit.registry import UnknownNameError, unknown_name_message
 
 PathLike = Union[str, Path]
@@ -87,6 +88,8 @@ def run_analysis(
 
     analysis_config_class(name)  # a clear error for an unknown name
     _, runner_spec, _ = ANALYSES[name]
+    resolve_device(config.device)  # no such device: one line, before the run directory exists
+    set_tf32(False)  # the landscapes and probes are compared point by point: full fp32 matmuls
     if getattr(config, "threads", None):
         torch.set_num_threads(config.threads)
     if run_dir is None:

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. optim.lr=0.1")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--data-dir", default=None, help="folder with the data archives (default: $LOWBIT_DATA, else ./data)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override run.device")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides run.device")
     parser.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")

@@ -19,7 +19,9 @@ every binary layer: a layer whose input or weight quantizer is a sign):
   ``probe.stats_batch_size`` training images, SNR = ‖m‖²/Σ s²
   (``lowbit.probe.ste_stats``);
 - ``flip_ratio``: the fraction of the layer's binary weights sign(w) that
-  changed since the previous measurement (none at the first).
+  changed since the previous measurement (none at the first; layers with
+  binary weights only). Per epoch it is also in metrics.csv (``run.flip_ratio``,
+  ``lowbit.train.flips``); here it is over the probe's interval.
 
 The loss is the training loss (``loss:``, label smoothing included) on a
 fixed batch: the first ``probe.batch_size`` training images, normalised,
@@ -63,7 +65,7 @@ class GradProbeConfig:
 
     every: int = 5  # epochs between measurements (also before epoch 1 and after the last)
     batch_size: int = 256  # images in the fixed batch the loss is measured on (first N training images)
-    # "binary": every layer with a sign input or weight quantizer; "all": every conv/linear; or layer names
+    # "binary": every layer with binary weights or a sign input quantizer; "all": every conv/linear; or layer names
     layers: Union[str, List[str]] = "binary"
     coords: int = 64  # CDG coordinates per layer (a uniform subset, redrawn each measurement)
     eps: float = 0.1  # CDG step: eps * mean|w| of the layer with relative, else absolute
@@ -92,16 +94,13 @@ class GradProbeConfig:
             raise ValueError("; ".join(errors))
 
 
-def is_binary_layer(module: nn.Module) -> bool:
-    """A conv/linear whose input or weight goes through a sign (binary activations or binary weights)."""
+def is_probed_layer(module: nn.Module) -> bool:
+    """A layer ``layers: binary`` probes: binary weights (``lowbit.nn.is_binary_layer``: a 1-bit weight
+    quantizer) or binary inputs (a sign input quantizer)."""
     from lowbit.estimators.objective import is_sign_activation
-    from lowbit.quant import MagnitudeAwareSign, XNORWeight
+    from lowbit.nn.latent import is_binary_layer, is_quantized_layer
 
-    if not isinstance(module, (nn.Conv2d, nn.Linear)):
-        return False
-    weight = getattr(module, "weight_quantizer", None)
-    return is_sign_activation(getattr(module, "input_quantizer", None)) or isinstance(weight, (XNORWeight, MagnitudeAwareSign)) \
-        or is_sign_activation(weight)
+    return is_binary_layer(module) or (is_quantized_layer(module) and is_sign_activation(module.input_quantizer))
 
 
 def probed_layers(model: nn.Module, layers: Union[str, Sequence[str]]) -> List[str]:
@@ -111,7 +110,7 @@ def probed_layers(model: nn.Module, layers: Union[str, Sequence[str]]) -> List[s
     if layers == "all":
         return probe_layers(model)
     if layers == "binary":
-        found = [name for name, m in model.named_modules() if name and is_binary_layer(m)]
+        found = [name for name, m in model.named_modules() if name and is_probed_layer(m)]
         if not found:
             raise ValueError(
                 f"probe.layers: binary found no binary layer in {type(model).__name__} (no conv/linear with a sign "
@@ -174,8 +173,12 @@ class GradProbe:
 
     @torch.no_grad()
     def _current_signs(self) -> Dict[str, torch.Tensor]:
-        params = dict(self.setup.model.named_parameters())
-        return {layer: params[name].detach().ge(0).cpu() for layer, name in self.weights.items()}
+        """sign(w) >= 0 of the probed layers whose weights are binary (the flip ratio is theirs only)."""
+        from lowbit.nn import is_binary_layer
+
+        params, modules = dict(self.setup.model.named_parameters()), dict(self.setup.model.named_modules())
+        return {layer: params[name].detach().ge(0).cpu() for layer, name in self.weights.items()
+                if is_binary_layer(modules.get(layer, nn.Identity()))}
 
     def measure(self, epoch: int) -> None:
         """Every measurement of the module docstring at the model's current weights; appends to grad_probe.csv."""
@@ -187,6 +190,8 @@ class GradProbe:
         signs = self._current_signs()
         if self.signs is not None:
             for layer, now in signs.items():
+                if layer not in self.signs:
+                    continue
                 rows.append({"epoch": epoch, "layer": layer, "metric": "flip_ratio",
                              "value": float((now != self.signs[layer]).double().mean())})
         self.signs, self.signs_epoch = signs, epoch
@@ -337,4 +342,4 @@ def _plot(rows: Sequence[Mapping[str, Any]], layers: Sequence[str], epochs: Sequ
     return path
 
 
-__all__ = ["GRAD_PROBE_FILE", "GradProbe", "GradProbeConfig", "is_binary_layer", "probed_layers", "report_section"]
+__all__ = ["GRAD_PROBE_FILE", "GradProbe", "GradProbeConfig", "is_probed_layer", "probed_layers", "report_section"]

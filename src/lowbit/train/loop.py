@@ -48,6 +48,8 @@ import torch
 from torch import nn
 
 from lowbit.config import load_config, to_dict
+from lowbit.devices import set_tf32
+from lowbit.nn.latent import clip_latent_weights_
 from lowbit.runs import RecordWriter, atomic_write_text, create_run_dir, write_run_files
 from lowbit.train.checkpoint import (
     capture_rng,
@@ -58,10 +60,13 @@ from lowbit.train.checkpoint import (
     save_checkpoint,
 )
 from lowbit.train.config import TrainConfig
+from lowbit.train.flips import flip_columns, flip_ratio_for
+from lowbit.train.distill import build_distiller, resolve_teacher
 from lowbit.train.losses import LOSSES, LossFn, build_loss
-from lowbit.train.optim import OPTIMIZERS, build_optimizer
+from lowbit.train.optim import OPTIMIZERS, build_optimizer, set_learning_rate
 from lowbit.train.schedules import SCHEDULES, make_schedule
 from lowbit.train.summary import GRAD_HIST_FILE, GRAD_STATS_FILE, STORAGE_FILE, read_stats
+from lowbit.train.surrogate_schedule import build_surrogate_schedule
 
 PathLike = Union[str, Path]
 
@@ -109,17 +114,15 @@ class Setup:
     total_steps: int
     num_params: int
     init_info: Optional[Dict[str, list]] = None
+    surrogate: Any = None  # lowbit.train.surrogate_schedule.SurrogateSchedule, or None
+    distiller: Any = None  # lowbit.train.distill.Distiller, or None
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"run.device='cuda' but no CUDA device is available (torch {torch.__version__}, "
-            f"CUDA build {torch.version.cuda}); use --device cpu"
-        )
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
-    return torch.device(name)
+    """``run.device`` as a ``torch.device``; no such device on this machine is a one-line error."""
+    from lowbit.devices import resolve_device as resolve
+
+    return resolve(name, "run.device")
 
 
 def check_names(config: TrainConfig) -> None:
@@ -182,8 +185,8 @@ def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
 
 def build(config: TrainConfig, device: torch.device) -> Setup:
     """Data, model, optimizer, loss and schedule from ``config``; raises on any bad input."""
-    from lowbit.data import BatchAugment, load_dataset
-    from lowbit.models import create_model
+    from lowbit.data import BatchAugment, load_dataset, normalize
+    from lowbit.models import check_model_fits, create_model
 
     check_names(config)
     check_baseline(config)
@@ -202,6 +205,13 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         in_channels=train_set.images.shape[1],
         **config.model.create_kwargs(),
     )
+    size = "null" if d.image_size is None else d.image_size
+    check_model_fits(model, config.model.name, train_set.images.shape[1:], f"{d.dataset}, data.image_size={size}")
+    if config.binarize is not None or config.model.weight_clip is not None:  # binarize:, weight clipping
+        from lowbit.data import normalize
+        from lowbit.train.binarize import prepare_binary_model
+
+        prepare_binary_model(model, config, normalize(train_set.images[: d.batch_size], train_set.mean, train_set.std))
     if config.quant:
         from lowbit.nn import apply_quant_config
 
@@ -210,7 +220,10 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
     model = model.to(device)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model.parameters(), config.optim, model=model)
+    # Drop the last partial batch (a batch of 1 breaks BatchNorm); a set smaller than one batch is one step.
+    steps_per_epoch = max(1, len(train_set) // d.batch_size)
+    total_steps = steps_per_epoch * config.run.epochs
+    optimizer = build_optimizer(model.parameters(), config.optim, model=model, steps=(total_steps, steps_per_epoch))
     loss_fn = build_loss(config.loss)
 
     a = config.augment
@@ -223,10 +236,10 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         mean=train_set.mean,
         std=train_set.std,
     )
-    # Drop the last partial batch (a batch of 1 breaks BatchNorm); a set smaller than one batch is one step.
-    steps_per_epoch = max(1, len(train_set) // d.batch_size)
-    total_steps = steps_per_epoch * config.run.epochs
     lr_at = make_schedule(config.schedule, config.optim.lr, total_steps, steps_per_epoch)
+    surrogate = build_surrogate_schedule(config.surrogate, model, config.model.name, total_steps, steps_per_epoch)
+    example = normalize(train_set.images[:2].to(device), train_set.mean, train_set.std)  # (2, C, H, W)
+    distiller = build_distiller(config.distill, model, example, train_set.num_classes, d.dataset, steps_per_epoch)
     return Setup(
         config=config,
         device=device,
@@ -246,6 +259,8 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         total_steps=total_steps,
         num_params=sum(p.numel() for p in model.parameters()),
         init_info=init_info,
+        surrogate=surrogate,
+        distiller=distiller,
     )
 
 
@@ -433,7 +448,10 @@ def train(
         config = load_config(TrainConfig, run_dir / "config.yaml")
         state = load_checkpoint(checkpoint_path(run_dir))
     config = _with(config or TrainConfig(), data_dir, device)
+    if config.distill is not None:  # a teacher glob becomes the run it names, saved so that a resume uses it
+        config = dataclasses.replace(config, distill=resolve_teacher(config.distill))
     dev = resolve_device(config.run.device)
+    set_tf32(config.run.allow_tf32)
     if state is not None and state.get("complete"):
         write_train_report(run_dir)
         return Path(run_dir)
@@ -452,6 +470,7 @@ def train(
 
             grad_probe = GradProbe(cfg.probe, setup, cfg.run.seed)  # checks the probed layers
         model, optimizer = setup.model, setup.optimizer
+        flips = flip_ratio_for(model, cfg.run.flip_ratio)  # None for a float model (lowbit.train.flips)
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
         generators = {"data": data_gen, "augment": aug_gen}
@@ -501,6 +520,10 @@ def train(
             history = list(state["metrics"])
             restore_rng(state["rng"], generators)
             _restore_quantizer_schedules(model, state.get("quantizer_schedules", {}))
+            if flips is not None:
+                flips.load_state_dict(state.get("flip_ratio"))
+            if setup.distiller is not None:
+                setup.distiller.load_state_dict(state.get("distill"), model)
             _rewrite_metrics(run_dir / METRICS_FILE, history)
             _keep_grad_stats_before(run_dir, step)
         metrics_writer = RecordWriter(run_dir / METRICS_FILE)
@@ -547,6 +570,8 @@ def train(
                     "num_params": setup.num_params,
                     "config": to_dict(cfg),
                     "quantizer_schedules": _quantizer_schedules(model),
+                    "flip_ratio": flips.state_dict() if flips is not None else None,
+                    "distill": setup.distiller.state_dict() if setup.distiller is not None else None,
                 },
             )
 
@@ -562,6 +587,8 @@ def train(
                         perm = torch.randperm(n_train, generator=data_gen).to(dev)  # (N,)
                         position = 0
                         sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+                    if setup.distiller is not None:
+                        setup.distiller.on_epoch_start(epoch, model)  # Real-to-Binary's stage 2, when due
                     model.train()
                     t0 = time.perf_counter()
                     bar = tqdm(
@@ -582,8 +609,9 @@ def train(
                         if cfg.model.channels_last:
                             x = x.contiguous(memory_format=torch.channels_last)
                         lr = setup.lr_at(step)
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
+                        set_learning_rate(optimizer, lr)  # times a group's lr_scale (optim.groups)
+                        if setup.surrogate is not None:
+                            setup.surrogate.apply(step)
 
                         sampled = stats is not None and step % stats_every == 0
                         if sampled:
@@ -592,6 +620,8 @@ def train(
                         with autocast():
                             logits = model(x)  # (B, K)
                             loss = setup.loss_fn(logits.float(), target)
+                            if setup.distiller is not None:
+                                loss = setup.distiller.loss(x, logits.float(), loss)
                         if not torch.isfinite(loss):
                             raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, ckpt_file), run_dir)
                         optimizer.zero_grad(set_to_none=True)
@@ -601,6 +631,9 @@ def train(
                         if cfg.optim.grad_clip is not None:
                             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                         optimizer.step()
+                        clip_latent_weights_(model)  # binary layers' weight_clip (model.weight_clip); else nothing
+                        if flips is not None:
+                            flips.update()
                         step += 1
 
                         sums["loss"] += loss.item() * y.shape[0]
@@ -631,11 +664,14 @@ def train(
                         "test_acc": test_acc,
                         "seconds": sums["seconds"],
                         **_sparsity_columns(setup.optimizer),
+                        **(flips.epoch_columns() if flips is not None else {}),
+                        **(setup.surrogate.columns(step - 1) if setup.surrogate is not None else {}),
+                        **(setup.distiller.columns() if setup.distiller is not None else {}),
                     }
                     history.append(record)
                     metrics_writer.write(record)
                     if board is not None:
-                        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
+                        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", *flip_columns(record)):
                             board.add_scalar(key, record[key], epoch + 1)
                     if log is not None:
                         log(_epoch_line(record, cfg.run.epochs))

@@ -238,6 +238,9 @@ def write_train_report(run_dir: PathLike) -> Path:
     extras.update(model_cfg.get("kwargs") or {})
     baseline = _baseline_section(run_dir, row, config)
     lowbit_sections = _lowbit_sections(run_dir, config)
+    from lowbit.train.flips import flip_ratio_section
+
+    lowbit_sections += flip_ratio_section(run_dir, records)  # binary runs: flip ratio per layer
     from lowbit.train.grad_probe import report_section  # the probe: section's records, if any
 
     lowbit_sections += report_section(run_dir)
