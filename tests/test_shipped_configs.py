@@ -31,7 +31,7 @@ TINY_TRAIN_OVERRIDES = ["run.epochs=1", "data.train_subset=16", "data.test_subse
                         "data.eval_batch_size=8", "run.tensorboard=false", "run.threads=1"]
 # Data sets the tests build tiny archives of; any other (digits, a data set installed on the machine such
 # as apt's dataset-fashion-mnist) is read from where the config says, through the train/test subsets.
-TINY_DATASETS = {"cifar10", "cifar100", "mnist"}
+TINY_DATASETS = {"cifar10", "cifar100", "mnist", "fashion_mnist"}  # fashion-mnist: MNIST's IDX format
 TINY_WIDTH = 4  # first-stage channels of the zoo's ResNets (`width`)
 TINY_WIDTH_MULT = 0.0625  # channel multiplier of the others (`width_mult`)
 
@@ -179,8 +179,11 @@ def shrink_model(model: Dict[str, Any]) -> None:
         model["width_mult"] = TINY_WIDTH_MULT
 
 
-def shrink_train(data: Dict[str, Any], data_dir: Path) -> Dict[str, Any]:
+def shrink_train(data: Dict[str, Any], data_dir: Path, teacher_of=None) -> Dict[str, Any]:
     data = copy.deepcopy(data)
+    distill = data.get("distill")
+    if distill and distill.get("teacher") and teacher_of is not None:
+        distill["teacher"] = str(teacher_of(distill["teacher"]))  # a shrunk run of the config that makes it
     for section, values in TINY_TRAIN.items():
         data[section].update(values)
     shrink_model(data["model"])
@@ -230,7 +233,32 @@ def tiny_data(tmp_path_factory) -> Path:
     return folder
 
 
-def run_shrunk(path: Path, run_dir: Path, data_dir: Path) -> Path:
+def teacher_runs(data_dir: Path, root: Path):
+    """``teacher_of(glob)``: a shrunk run of the shipped train config whose runs the glob matches.
+
+    Distillation configs name their teacher by the run directories of another shipped config
+    (``runs/fmnist-float-*``); that config is run shrunk once, into ``root``.
+    """
+    import fnmatch
+
+    made: Dict[str, Path] = {}
+
+    def teacher_of(pattern: str) -> Path:
+        if pattern in made:
+            return made[pattern]
+        for path in CONFIGS:
+            if family(path) != "train":
+                continue
+            config = load(path)
+            if config.distill is None and fnmatch.fnmatch(f"runs/{config.run_name}-20260101-000000", pattern):
+                made[pattern] = run_shrunk(path, root / config.run_name, data_dir)
+                return made[pattern]
+        raise AssertionError(f"no shipped train config makes the runs {pattern!r} a distillation config names")
+
+    return teacher_of
+
+
+def run_shrunk(path: Path, run_dir: Path, data_dir: Path, teacher_of=None) -> Path:
     kind = family(path)
     config = load(path)
     if kind == "probe":
@@ -242,7 +270,7 @@ def run_shrunk(path: Path, run_dir: Path, data_dir: Path) -> Path:
     if kind == "train":
         from lowbit.train import TrainConfig, train
 
-        small = from_dict(TrainConfig, shrink_train(to_dict(config), data_dir))
+        small = from_dict(TrainConfig, shrink_train(to_dict(config), data_dir, teacher_of))
         return train(small, run_dir=run_dir)
     from lowbit.analysis.command import analysis_config_class, run_analysis
 
@@ -251,26 +279,35 @@ def run_shrunk(path: Path, run_dir: Path, data_dir: Path) -> Path:
     return run_analysis(name, small, run_dir=run_dir, data_dir=str(data_dir), progress=False)
 
 
-# Shrunk runs that still take over 4 s on 2 shared cores: the analyses that train a model first, and
-# low-bit training of a deep model (its report draws gradient histograms of every layer). `-m slow` runs them.
+# Shrunk runs that still take over 4 s on 2 shared cores go to `-m slow`: the analyses that train a model
+# first, low-bit training of a deep model (its report draws gradient histograms of every layer), the
+# training-time probe (tests/test_grad_probe.py covers it), and every network probe but the first (each
+# pretrains a ResNet and probes it; the first one keeps the network path in the default run).
 SLOW_ANALYSES = {"attribution", "weights"}
 
 
 def _marks(path: Path):
     kind = family(path)
+    heavy = False
     if kind == "analyze":
         heavy = analysis_of(path) in SLOW_ANALYSES
     elif kind == "train":
         config = load(path)
-        heavy = bool(config.quant) and config.model.name != "lenet5"
+        heavy = (bool(config.quant) and config.model.name != "lenet5") or config.probe is not None
     else:
-        heavy = False
+        networks = [p for p in CONFIGS if family(p) == "probe" and load(p).network is not None]
+        heavy = path in networks[1:]
     return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if heavy else [])
 
 
+@pytest.fixture(scope="module")
+def teacher_of(tiny_data, tmp_path_factory):
+    return teacher_runs(tiny_data, tmp_path_factory.mktemp("teachers"))
+
+
 @pytest.mark.parametrize("path", [_marks(p) for p in CONFIGS])
-def test_config_runs_end_to_end_when_shrunk(path, tmp_path, tiny_data):
-    run_dir = run_shrunk(path, tmp_path / "run", tiny_data)
+def test_config_runs_end_to_end_when_shrunk(path, tmp_path, tiny_data, teacher_of):
+    run_dir = run_shrunk(path, tmp_path / "run", tiny_data, teacher_of)
     assert (run_dir / "config.yaml").is_file()
     report = run_dir / "report.md"
     assert report.is_file() and report.stat().st_size > 200, f"{path.name}: no report"
