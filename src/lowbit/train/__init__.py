@@ -31,6 +31,7 @@ from lowbit.train.losses import build_loss, list_losses, register_loss
 from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer, set_learning_rate
 from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
 from lowbit.train.summary import run_summary, summarize, summary_table, sweep_table, write_train_report
+from lowbit.train.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from lowbit.train.surrogate_schedule import SurrogateScheduleConfig, schedule_value
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "SurrogateScheduleConfig",
+    "SyncBatchNorm",
     "TrainConfig",
     "TrainingDiverged",
     "TrainingInterrupted",
@@ -54,6 +56,7 @@ __all__ = [
     "build",
     "build_loss",
     "check_config",
+    "convert_sync_batchnorm",
     "build_optimizer",
     "distribution_loss",
     "evaluate",

@@ -71,6 +71,9 @@ class ModelConfig:
     input_size: Optional[int] = None  # image side the model is built for (lenet5: 28 | 32, default 32)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # any other create_model keyword
     channels_last: bool = False  # NHWC memory layout; faster convolutions on recent GPUs
+    # under torchrun: BatchNorm statistics over the global batch (every rank's part), as one process computes
+    # them (lowbit.train.sync_batchnorm; torch's SyncBatchNorm on CUDA); false: per rank. No effect in one process
+    sync_bn: bool = False
     # Larq's weight_clip: after every optimizer step each binary layer's latent weights are clamped to
     # [-c, c] (lowbit.nn.latent); 1.0 matches ste_sign's gradient window |w| <= 1. None: no clipping
     weight_clip: Optional[float] = None

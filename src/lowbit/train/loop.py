@@ -60,6 +60,7 @@ from lowbit.train.checkpoint import (
     save_checkpoint,
 )
 from lowbit.train.config import TrainConfig
+from lowbit.train.distributed import Distributed, check_divisible, from_environment
 from lowbit.train.flips import flip_columns, flip_ratio_for
 from lowbit.train.distill import build_distiller, resolve_teacher
 from lowbit.train.losses import LOSSES, LossFn, build_loss
@@ -218,6 +219,10 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         model = apply_quant_config(model, config.quant)
     init_info = load_matching_weights(model, config.run.init_from) if config.run.init_from else None
     model = model.to(device)
+    if config.model.sync_bn:
+        from lowbit.train.sync_batchnorm import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model, device)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Drop the last partial batch (a batch of 1 breaks BatchNorm); a set smaller than one batch is one step.
@@ -265,16 +270,27 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
 
 
 @torch.no_grad()
-def evaluate(setup: Setup, autocast: Any = contextlib.nullcontext) -> tuple[float, float]:
-    """Mean loss and accuracy of ``setup.model`` on the test split (eval mode, no augmentation)."""
+def evaluate(setup: Setup, autocast: Any = contextlib.nullcontext, rank: Optional[Distributed] = None) -> tuple[float, float]:
+    """Mean loss and accuracy of ``setup.model`` on the test split (eval mode, no augmentation).
+
+    Under torchrun each rank evaluates its contiguous share of the split and the sums are all-reduced.
+    """
     from lowbit.data import normalize
 
     model, cfg = setup.model, setup.config
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
-    for start in range(0, setup.test_images.shape[0], cfg.data.eval_batch_size):
-        x = normalize(setup.test_images[start : start + cfg.data.eval_batch_size], setup.mean, setup.std)
-        y = setup.test_labels[start : start + cfg.data.eval_batch_size]
+    images, labels = setup.test_images, setup.test_labels
+    if rank is not None:
+        share = rank.local_part(torch.empty(images.shape[0] - images.shape[0] % rank.world_size))
+        tail = slice(images.shape[0] - images.shape[0] % rank.world_size, images.shape[0])
+        if rank.is_main:  # the images left over by an uneven split go to rank 0
+            images, labels = torch.cat([images[share], images[tail]]), torch.cat([labels[share], labels[tail]])
+        else:
+            images, labels = images[share], labels[share]
+    for start in range(0, images.shape[0], cfg.data.eval_batch_size):
+        x = normalize(images[start : start + cfg.data.eval_batch_size], setup.mean, setup.std)
+        y = labels[start : start + cfg.data.eval_batch_size]
         if cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -283,6 +299,8 @@ def evaluate(setup: Setup, autocast: Any = contextlib.nullcontext) -> tuple[floa
         loss_sum += float(loss) * y.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         count += y.shape[0]
+    if rank is not None:
+        loss_sum, correct, count = rank.sum([loss_sum, correct, count], setup.device)
     return loss_sum / count, correct / count
 
 
@@ -433,9 +451,6 @@ def train(
         TrainingInterrupted: SIGINT/SIGTERM; a resumable checkpoint was saved.
         TrainingDiverged: NaN/Inf loss; the last good checkpoint was kept.
     """
-    from tqdm.auto import tqdm
-
-    from lowbit.data import mixup
     from lowbit.train.summary import write_train_report
 
     state: Optional[Dict[str, Any]] = None
@@ -450,11 +465,43 @@ def train(
     config = _with(config or TrainConfig(), data_dir, device)
     if config.distill is not None:  # a teacher glob becomes the run it names, saved so that a resume uses it
         config = dataclasses.replace(config, distill=resolve_teacher(config.distill))
-    dev = resolve_device(config.run.device)
+    rank = from_environment()  # torchrun's rendezvous variables (lowbit.train.distributed); None: one process
+    main = rank is None or rank.is_main  # the one process that writes the run directory
+    if rank is not None:
+        check_divisible(config.data.batch_size, rank.world_size)
+        progress, log = (progress, log) if main else (False, None)
+    dev = resolve_device(config.run.device if rank is None else str(rank.device(config.run.device)))
     set_tf32(config.run.allow_tf32)
     if state is not None and state.get("complete"):
-        write_train_report(run_dir)
+        if main:
+            write_train_report(run_dir)
         return Path(run_dir)
+    if rank is not None:
+        rank.start(dev)
+        try:
+            return _train(config, run_dir, state, runs_dir, dev, rank, progress, log)
+        finally:
+            rank.stop()
+    return _train(config, run_dir, state, runs_dir, dev, rank, progress, log)
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Optional[PathLike],
+    state: Optional[Dict[str, Any]],
+    runs_dir: PathLike,
+    dev: torch.device,
+    rank: Optional[Distributed],
+    progress: bool,
+    log: Optional[Callable[[str], None]],
+) -> Path:
+    """The body of :func:`train` once the device (and, under torchrun, the process group) is up."""
+    from tqdm.auto import tqdm
+
+    from lowbit.data import mixup
+    from lowbit.train.summary import write_train_report
+
+    main = rank is None or rank.is_main
 
     cfg = config
     if dev.type == "cuda" and cfg.run.deterministic:
@@ -470,13 +517,14 @@ def train(
 
             grad_probe = GradProbe(cfg.probe, setup, cfg.run.seed)  # checks the probed layers
         model, optimizer = setup.model, setup.optimizer
+        forward = model if rank is None else _ddp(model, dev)  # DDP averages the gradients over ranks
         flips = flip_ratio_for(model, cfg.run.flip_ratio)  # None for a float model (lowbit.train.flips)
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
         generators = {"data": data_gen, "augment": aug_gen}
 
-        # ---- the run directory
-        if state is None:
+        # ---- the run directory (rank 0 makes it; the other ranks learn its name)
+        if state is None and main:
             if run_dir is None:
                 run_dir = create_run_dir(cfg.run_name, runs_dir)
             else:
@@ -497,6 +545,8 @@ def train(
                 from lowbit.nn import storage_records
 
                 RecordWriter(run_dir / STORAGE_FILE).write_many(storage_records(model))
+        if rank is not None:
+            run_dir = rank.broadcast_text(str(run_dir) if main else "")
         run_dir = Path(run_dir)
         ckpt_file = checkpoint_path(run_dir)
         if log is not None:
@@ -524,17 +574,18 @@ def train(
                 flips.load_state_dict(state.get("flip_ratio"))
             if setup.distiller is not None:
                 setup.distiller.load_state_dict(state.get("distill"), model)
-            _rewrite_metrics(run_dir / METRICS_FILE, history)
-            _keep_grad_stats_before(run_dir, step)
-        metrics_writer = RecordWriter(run_dir / METRICS_FILE)
-        board = _tensorboard(run_dir, cfg.run.tensorboard)
-        if grad_probe is not None:  # measures at initialisation, or picks up after the resumed epoch
+            if main:
+                _rewrite_metrics(run_dir / METRICS_FILE, history)
+                _keep_grad_stats_before(run_dir, step)
+        metrics_writer = RecordWriter(run_dir / METRICS_FILE) if main else None
+        board = _tensorboard(run_dir, cfg.run.tensorboard) if main else None
+        if grad_probe is not None and main:  # measures at initialisation, or picks up after the resumed epoch
             grad_probe.begin(run_dir, start_epoch, resumed=state is not None)
 
         # Gradient statistics: GradientStats is attached only for the forward/backward of every
         # stats_every-th global step (no hooks at all on the other steps), so the samples fall on the
         # same steps in a resumed run. It draws no random numbers; rows are flushed before every checkpoint.
-        stats_every = cfg.grad_stats_every
+        stats_every = cfg.grad_stats_every if main else 0  # rank 0's share of the batch stands for all
         stats = None
         if stats_every:
             from lowbit.nn import GradientStats
@@ -554,6 +605,8 @@ def train(
             stats.records, stats.histograms = [], []
 
         def checkpoint(epoch: int, position: int, perm: Optional[torch.Tensor], complete: bool = False) -> None:
+            if not main:
+                return
             save_checkpoint(
                 ckpt_file,
                 {
@@ -606,6 +659,9 @@ def train(
                         target: torch.Tensor = y
                         if cfg.augment.mixup_alpha > 0:
                             x, target = mixup(x, y, setup.num_classes, cfg.augment.mixup_alpha, generator=aug_gen)
+                        if rank is not None:  # every rank drew the whole batch's randomness; it keeps its part
+                            part = rank.local_part(idx)
+                            x, y, target = x[part], y[part], target[part]
                         if cfg.model.channels_last:
                             x = x.contiguous(memory_format=torch.channels_last)
                         lr = setup.lr_at(step)
@@ -618,12 +674,18 @@ def train(
                             stats.step = step  # optimizer steps before this one (0-based)
                             stats.attach()
                         with autocast():
-                            logits = model(x)  # (B, K)
+                            logits = forward(x)  # (B, K); B / world_size under torchrun
                             loss = setup.loss_fn(logits.float(), target)
                             if setup.distiller is not None:
                                 loss = setup.distiller.loss(x, logits.float(), loss)
-                        if not torch.isfinite(loss):
-                            raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, ckpt_file), run_dir)
+                        # this step's numbers (all-reduced under torchrun): loss sum, correct, count, non-finite, stop
+                        numbers = [loss.item() * y.shape[0], int((logits.detach().argmax(1) == y).sum()), y.shape[0],
+                                   float(not torch.isfinite(loss)), float(stop.signum is not None)]
+                        if rank is not None:
+                            numbers = rank.sum(numbers, dev)
+                        if numbers[3]:
+                            value = float("nan") if torch.isfinite(loss) else loss.item()  # finite here: another rank's
+                            raise TrainingDiverged(_divergence_message(value, epoch, i, step, cfg, ckpt_file), run_dir)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         if sampled:
@@ -636,15 +698,16 @@ def train(
                             flips.update()
                         step += 1
 
-                        sums["loss"] += loss.item() * y.shape[0]
-                        sums["correct"] += int((logits.detach().argmax(1) == y).sum())
-                        sums["count"] += y.shape[0]
+                        sums["loss"] += numbers[0]
+                        sums["correct"] += int(numbers[1])
+                        sums["count"] += int(numbers[2])
                         bar.update(1)
                         if progress and (i % 10 == 0):
                             bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.4f}", lr=f"{lr:.3g}")
                         if interrupt_at is not None and step == interrupt_at:
                             signal.raise_signal(signal.SIGINT)  # the handler runs before raise_signal returns
-                        if stop.signum is not None:  # mid-epoch checkpoint, then stop
+                        stopping = stop.signum is not None if rank is None else bool(numbers[4])  # every rank alike
+                        if stopping:  # mid-epoch checkpoint, then stop
                             sums["seconds"] += time.perf_counter() - t0
                             bar.close()
                             flush_stats()
@@ -652,7 +715,7 @@ def train(
                             raise TrainingInterrupted(run_dir, epoch + 1, step)
                     bar.close()
 
-                    test_loss, test_acc = evaluate(setup, autocast)
+                    test_loss, test_acc = evaluate(setup, autocast, rank)
                     sums["seconds"] += time.perf_counter() - t0
                     record = {
                         "epoch": epoch + 1,
@@ -669,7 +732,8 @@ def train(
                         **(setup.distiller.columns() if setup.distiller is not None else {}),
                     }
                     history.append(record)
-                    metrics_writer.write(record)
+                    if metrics_writer is not None:
+                        metrics_writer.write(record)
                     if board is not None:
                         for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", *flip_columns(record)):
                             board.add_scalar(key, record[key], epoch + 1)
@@ -677,15 +741,16 @@ def train(
                         log(_epoch_line(record, cfg.run.epochs))
                     perm, position = None, 0
                     flush_stats()
-                    if grad_probe is not None:
+                    if grad_probe is not None and main:  # rank 0 measures; the others wait at the next step
                         grad_probe.after_epoch(epoch + 1)
                     checkpoint(epoch + 1, 0, None, complete=epoch + 1 == cfg.run.epochs)
-                    if stop.signum is not None and epoch + 1 < cfg.run.epochs:
+                    stopping = stop.signum is not None if rank is None else rank.any(stop.signum is not None, dev)
+                    if stopping and epoch + 1 < cfg.run.epochs:
                         raise TrainingInterrupted(run_dir, epoch + 2, step)
         except (TrainingInterrupted, TrainingDiverged):
             with contextlib.suppress(Exception):
                 flush_stats()  # rows past the last checkpoint are dropped again on resume
-            if history:  # a report of what the run has so far
+            if history and main:  # a report of what the run has so far
                 with contextlib.suppress(Exception):
                     write_train_report(run_dir)
             raise
@@ -694,8 +759,16 @@ def train(
                 stats.detach()
             if board is not None:
                 board.close()
-    write_train_report(run_dir)
+    if main:
+        write_train_report(run_dir)
     return run_dir
+
+
+def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel (its own parameters, shared; checkpoints keep saving ``model``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _write_model_info(run_dir: Path, setup: Setup) -> None:
