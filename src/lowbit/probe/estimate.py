@@ -3,9 +3,13 @@
 One unit costs its estimators plus one line search per estimator. Timed on
 the first task of each position (a toy dim, a network layer):
 
-- a line search: ``lr_grid.num + 1`` loss evaluations with every studied
-  coordinate moved, each timed on a few members (``time_per_full_evaluation``);
-- NES and Bernoulli NES: ``population`` such evaluations; SNES ``population × iterations``;
+- a line search: one, on the run's own grid of ``lr_grid.num + 1`` lrs, timed
+  (``time_line_search``; the toy's line search is not ``num`` times one
+  evaluation: it shares the work between the lrs); an ``auto`` grid may widen
+  and refine it, which the estimate counts as one;
+- NES and Bernoulli NES: ``population`` evaluations of a perturbed parameter set,
+  timed as one batch of 16 members through ``objective.losses``
+  (``time_per_member``); SNES ``population × iterations``;
 - network CDG and flip CDG: one single-coordinate evaluation per measured
   coordinate (two for central CDG), timed on 8 random coordinates (pruning
   makes the cost depend on ε);
@@ -70,13 +74,16 @@ def estimate_time(
             objective = task.objective(position, batch=0)
         else:
             objective = task.objective(layers=config.probe.layers, batch=0)
-        full = time_per_full_evaluation(objective)
-        seconds = len(specs) * line_points * full
-        parts = [f"line searches {len(specs)} x {line_points} evaluations ({full * 1e3:.1f} ms each)"]
+        search = time_line_search(objective, config.measure.lr_grid)
+        seconds = len(specs) * search
+        parts = [f"line searches {len(specs)} x {line_points} lrs ({search * 1e3:.1f} ms each)"]
+        member: Any = None
         for index, spec in enumerate(specs):
             members = population_evaluations(spec, objective.numel())
             if members is not None:
-                seconds += members * full
+                member = time_per_member(objective) if member is None else member
+                seconds += members * member
+                parts.append(f"{spec.label}: {members} members at {member * 1e3:.2f} ms")
             elif config.network is not None:
                 if spec.name in ("cdg", "flip_cdg"):
                     estimator = get_estimator(spec.name, **spec.params)
@@ -163,21 +170,38 @@ def time_estimator(spec: EstimatorSpec, objective: Any, index: int) -> float:
     return time.perf_counter() - start
 
 
-def time_per_full_evaluation(objective: Any, members: int = 4, repeats: int = 3) -> float:
-    """Seconds per loss evaluation with every studied coordinate moved (a line-search point, an NES member).
+def time_line_search(objective: Any, grid: Any, repeats: int = 2) -> float:
+    """Seconds of one line search over ``grid`` (an ``LrGridConfig``) plus the quick-check lr, best of ``repeats``.
 
-    The best of ``repeats`` timings: on a shared machine a single one can catch a pause many times its length.
+    The best of several timings: on a shared machine a single one can catch a pause many times its length.
     """
+    from lowbit.probe.measure import lr_grid
+
     generator = torch.Generator().manual_seed(0)
     direction = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in objective.params.items()}
-    lrs = torch.full((members,), 1e-3, dtype=torch.float64)
-    objective.line_losses(direction, lrs[:1])  # warm-up
+    lrs = torch.cat([lr_grid(grid.min, grid.max, grid.num, grid.scale), torch.tensor([0.1], dtype=torch.float64)])
+    objective.line_losses(direction, lrs[:2])  # warm-up
+    return _best_of(repeats, lambda: objective.line_losses(direction, lrs))
+
+
+def time_per_member(objective: Any, members: int = 16, repeats: int = 2) -> float:
+    """Seconds per member of a population evaluated together (``objective.losses``), best of ``repeats``."""
+    generator = torch.Generator().manual_seed(0)
+    stacked = {
+        k: v.unsqueeze(0) + 0.01 * torch.randn((members, *v.shape), generator=generator, dtype=v.dtype)
+        for k, v in objective.params.items()
+    }  # (members, *shape) each
+    objective.losses({k: t[:2] for k, t in stacked.items()})  # warm-up
+    return _best_of(repeats, lambda: objective.losses(stacked)) / members
+
+
+def _best_of(repeats: int, work: Callable[[], Any]) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        objective.line_losses(direction, lrs)
+        work()
         best = min(best, time.perf_counter() - start)
-    return best / members
+    return best
 
 
 def time_per_evaluation(objective: Any, step: Any, members: int = 8) -> float:
