@@ -87,7 +87,7 @@ def _project_l1(v: torch.Tensor, radius: float) -> torch.Tensor:
         return torch.zeros_like(v)
     u, _ = torch.sort(magnitude, descending=True)  # (n,)
     cumulative = torch.cumsum(u, 0)
-    j = torch.arange(1, u.numel() + 1, dtype=u.dtype)
+    j = torch.arange(1, u.numel() + 1, dtype=u.dtype, device=u.device)
     # ρ: the last j with u_j > (cumsum_j − r)/j; the condition holds on a prefix.
     rho = int(torch.nonzero(u * j > cumulative - radius).max()) + 1
     theta = (float(cumulative[rho - 1]) - radius) / rho

@@ -130,10 +130,12 @@ class CDG(GradientEstimator):
         from lowbit.estimators.objective import step_vector, subset_coordinate_deltas
 
         chosen = random_subset(total, self.coords, generator, self.subset_seed)
-        deltas = subset_coordinate_deltas(objective, steps, chosen)  # (n_steps, m)
-        flat = torch.zeros(total, dtype=torch.float64)
+        device = next(iter(like.values())).device
+        deltas = subset_coordinate_deltas(objective, steps, chosen).to(device)  # (n_steps, m)
+        chosen = chosen.to(device)
+        flat = torch.zeros(total, dtype=torch.float64, device=device)
         flat[chosen] = self._combine(deltas, step_vector(eps, like)[chosen])
-        mask = torch.zeros(total, dtype=torch.bool)
+        mask = torch.zeros(total, dtype=torch.bool, device=device)
         mask[chosen] = True
         self.last_subset = {k: v.bool() for k, v in unflatten(mask.double(), like).items()}
         return {k: v.to(like[k].dtype) for k, v in unflatten(flat, like).items()}

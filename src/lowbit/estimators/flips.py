@@ -133,11 +133,13 @@ class FlipCDG(GradientEstimator):
         from lowbit.estimators.cdg import random_subset
 
         chosen = random_subset(total, self.coords, generator, self.subset_seed)
-        measured = subset_coordinate_deltas(objective, [flip_steps(like)], chosen)[0]  # (m,)
-        flat = torch.full((total,), float("nan"), dtype=torch.float64)
+        device = next(iter(like.values())).device
+        measured = subset_coordinate_deltas(objective, [flip_steps(like)], chosen)[0].to(device)  # (m,)
+        chosen = chosen.to(device)
+        flat = torch.full((total,), float("nan"), dtype=torch.float64, device=device)
         flat[chosen] = measured
         self.last_deltas = unflatten(flat, like)
-        mask = torch.zeros(total, dtype=torch.bool)
+        mask = torch.zeros(total, dtype=torch.bool, device=device)
         mask[chosen] = True
         self.last_subset = {k: v.bool() for k, v in unflatten(mask.double(), like).items()}
         return {
@@ -174,7 +176,7 @@ class BernoulliNES(GradientEstimator):
         like = objective.params
         w = flatten({k: v.detach() for k, v in like.items()})  # (P,)
         n, p = self.population, self.flip_prob
-        flips = torch.rand(n, w.numel(), generator=generator, dtype=torch.float64) < p  # (N, P): m_ki
+        flips = (torch.rand(n, w.numel(), generator=generator, dtype=torch.float64) < p).to(w.device)  # (N, P): m_ki
         losses = torch.empty(n, dtype=torch.float64)
         chunk = self.chunk or max(1, GENERIC_CHUNK_NUMBERS // max(1, w.numel()))
         for start in range(0, n, chunk):
@@ -183,6 +185,7 @@ class BernoulliNES(GradientEstimator):
             stacked = {k: v.reshape(len(m), *like[k].shape) for k, v in _split_rows(members, like).items()}
             losses[start : start + len(m)] = objective.losses(stacked).double()
         u, _ = fitness_weights(-losses, self.shaping, antithetic=False)  # for fitness −L
+        u = u.to(w.device)
         score = (flips.double() - p) / (p * (1.0 - p))  # (N, P)
         d_hat = -(u @ score)  # (P,): Σ_k (L_k − L̄)/(N − 1) · score_k with shaping "none"
         return {k: flip_slope(v, like[k]).to(like[k].dtype) for k, v in unflatten(d_hat, like).items()}

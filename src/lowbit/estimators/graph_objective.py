@@ -239,11 +239,11 @@ class GraphObjective(ModuleObjective):
         generator = torch.Generator().manual_seed(0)
         stacked = {}
         for name, p in self.params.items():
-            noise = torch.randn((2, *p.shape), generator=generator, dtype=p.dtype)
+            noise = torch.randn((2, *p.shape), generator=generator, dtype=p.dtype).to(p.device)
             scale = p.detach().abs().mean().clamp_min(1e-3)
             # Different magnitudes, so that a per-tensor statistic (a max-abs quantizer scale)
             # shared across the folded members shows.
-            magnitude = torch.tensor([1.0, 3.0], dtype=p.dtype).reshape(2, *([1] * p.dim()))
+            magnitude = torch.tensor([1.0, 3.0], dtype=p.dtype, device=p.device).reshape(2, *([1] * p.dim()))
             stacked[name] = magnitude * (p.unsqueeze(0) + 0.5 * scale * noise)
         folded = self._folded_losses(stacked, prune=False)
         plain = torch.tensor([float(self.loss({k: v[i] for k, v in stacked.items()})) for i in range(2)], dtype=torch.float64)
@@ -270,12 +270,13 @@ class GraphObjective(ModuleObjective):
         return out
 
     def _folded_losses(self, stacked: Mapping[str, torch.Tensor], prune: bool) -> torch.Tensor:
-        """L for every member of ``stacked`` (name -> (P, *shape)) by the folded evaluation."""
+        """L for every member of ``stacked`` (name -> (P, *shape)) by the folded evaluation; (P,) float64 on the CPU."""
         pop = stacked_size(stacked, self.params)
-        stacked = {k: v.to(self.params[k].dtype) for k, v in stacked.items()}
-        alive = torch.arange(pop)  # original indices of the members still evaluated
+        device = self.targets.device
+        stacked = {k: v.to(device=device, dtype=self.params[k].dtype) for k, v in stacked.items()}
+        alive = torch.arange(pop, device=device)  # original indices of the members still evaluated
         env: Dict[fx.Node, Any] = {}  # dependent node -> value for the alive members
-        result = torch.full((pop,), float("nan"), dtype=torch.float64)
+        result = torch.full((pop,), float("nan"), dtype=torch.float64, device=device)
         base_loss: Optional[float] = None
         position = {node: i for i, node in enumerate(self.nodes)}
         for node, name in self.studied_attr.items():  # all members' weights are live from the start
@@ -296,7 +297,7 @@ class GraphObjective(ModuleObjective):
                     stacked = {k: v[keep] for k, v in stacked.items()}
                     alive = alive[keep]
                     if len(alive) == 0:
-                        return result
+                        return result.cpu()
             with torch.no_grad():
                 env[node] = self._dependent(node, env, stacked, alive)
             for done in [n for n in env if self.last_use[n] <= position[node] and n is not node]:
@@ -320,12 +321,12 @@ class GraphObjective(ModuleObjective):
                     stacked = {k: v[keep] for k, v in stacked.items()}
                     alive = alive[keep]
                     if len(alive) == 0:
-                        return result
+                        return result.cpu()
         self.evaluated_members += len(alive)
         logits = env[self.output_node]  # (P·N, ...) folded
         per_member = logits.reshape(len(alive), self.batch_size, *logits.shape[1:])
         result[alive] = torch.stack([self.loss_fn(per_member[i], self.targets) for i in range(len(alive))]).double()
-        return result
+        return result.cpu()
 
     def _base_loss(self) -> float:
         with torch.no_grad():

@@ -152,7 +152,7 @@ class MultiStepSTE(GradientEstimator):
         w = {k: v.detach() for k, v in objective.params.items()}
         delta = {k: torch.zeros_like(v) for k, v in w.items()}
         if self.noise > 0:
-            xi = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in w.items()}
+            xi = {k: torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device) for k, v in w.items()}
             length = norm_of(xi, self.norm)
             if length > 0:
                 delta = {k: v * (self.noise * self.budget / length) for k, v in xi.items()}

@@ -136,7 +136,7 @@ class NES(GradientEstimator):
         mu = flatten({k: v.detach() for k, v in objective.params.items()})  # (P,)
         n_params = mu.numel()
         half = self.population // 2 if self.antithetic else self.population
-        noise = torch.randn(half, n_params, generator=generator, dtype=mu.dtype)  # (M, P)
+        noise = torch.randn(half, n_params, generator=generator, dtype=mu.dtype).to(mu.device)  # (M, P), drawn on the CPU
         losses = self._evaluate(objective, mu, noise)  # (N,) float64
         w_mu, w_sigma = fitness_weights(-losses, self.shaping, self.antithetic)
         if self.antithetic:
@@ -192,7 +192,8 @@ def evaluate_members(
 
 def _weighted_rows(weights: torch.Tensor, noise: torch.Tensor, square: bool = False) -> torch.Tensor:
     """Σ_k weights_k · noise_k (or noise_k²), accumulated in float64 chunk by chunk; (P,)."""
-    out = torch.zeros(noise.shape[1], dtype=torch.float64)
+    out = torch.zeros(noise.shape[1], dtype=torch.float64, device=noise.device)
+    weights = weights.to(noise.device)
     rows = max(1, (1 << 20) // max(1, noise.shape[1]))  # ~8 MiB of float64 per chunk
     for start in range(0, noise.shape[0], rows):
         block = noise[start : start + rows].double()

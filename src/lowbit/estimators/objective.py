@@ -170,8 +170,10 @@ def step_values(step: Step, like: Mapping[str, torch.Tensor]) -> Dict[str, Union
 def step_vector(step: Step, like: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """A step as one float64 vector over the flattened studied coordinates (``flatten`` order)."""
     values = step_values(step, like)
+    device = next(iter(like.values())).device if like else None
     return torch.cat([
-        v.reshape(-1) if isinstance(v, torch.Tensor) else torch.full((like[k].numel(),), v, dtype=torch.float64)
+        v.reshape(-1).to(device) if isinstance(v, torch.Tensor)
+        else torch.full((like[k].numel(),), v, dtype=torch.float64, device=device)
         for k, v in values.items()
     ])
 
@@ -187,7 +189,7 @@ def generic_line_losses(objective: Objective, direction: Mapping[str, torch.Tens
         lr = lrs64[start : start + chunk]
         stacked = {}
         for name, p in w.items():
-            lr_p = lr.to(p.dtype).reshape(-1, *([1] * p.dim()))  # (n, 1, ..., 1)
+            lr_p = lr.to(device=p.device, dtype=p.dtype).reshape(-1, *([1] * p.dim()))  # (n, 1, ..., 1)
             stacked[name] = p.unsqueeze(0) - lr_p * d[name].unsqueeze(0)  # (n, *shape)
         out[start : start + len(lr)] = objective.losses(stacked)
     return out
@@ -203,8 +205,8 @@ def generic_coordinate_deltas(
     """
     w = objective.with_params(params)
     n = sum(v.numel() for v in w.values())
-    out = subset_coordinate_deltas(objective, steps, torch.arange(n), params)  # (n_steps, P)
-    return {name: t.reshape(len(out), *w[name].shape) for name, t in _split_rows(out, w).items()}
+    out = subset_coordinate_deltas(objective, steps, torch.arange(n), params)  # (n_steps, P), on the CPU
+    return {name: t.reshape(len(out), *w[name].shape).to(w[name].device) for name, t in _split_rows(out, w).items()}
 
 
 def subset_coordinate_deltas(
@@ -233,7 +235,8 @@ def subset_coordinate_deltas(
         for start in range(0, len(coords), chunk):
             idx = coords[start : start + chunk]
             members = base.unsqueeze(0).repeat(len(idx), 1)  # (m, P)
-            members[torch.arange(len(idx)), idx] += s[idx].to(members.dtype)
+            rows, cols = torch.arange(len(idx), device=members.device), idx.to(members.device)
+            members[rows, cols] += s[cols].to(members.dtype)
             stacked = {k: v.reshape(len(idx), *w[k].shape) for k, v in _split_rows(members, w).items()}
             out[si, start : start + len(idx)] = objective.losses(stacked) - base_loss
     return out

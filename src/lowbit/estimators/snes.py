@@ -94,7 +94,7 @@ def snes_update(
     ``noise`` (M, P) are the s_k (with antithetic, the members are +s then −s);
     ``losses`` (N,) their losses, N = 2M with antithetic pairs, else M.
     """
-    w_mu, w_sigma = fitness_weights(-losses.double(), shaping, antithetic)
+    w_mu, w_sigma = (w.to(noise.device) for w in fitness_weights(-losses.double(), shaping, antithetic))
     s = noise.double()
     half = s.shape[0]
     if antithetic:  # Σ_k u_k s_k over pairs (s, −s) = Σ_m (u_m+ − u_m−) s_m; s² is shared by a pair
@@ -131,7 +131,7 @@ class SNESSearch:
     def step(self, objective: Any, generator: Optional[torch.Generator] = None) -> None:
         c = self.config
         half = self.population // 2 if c.antithetic else self.population
-        noise = torch.randn(half, self.mu.numel(), generator=generator, dtype=torch.float64)  # (M, P)
+        noise = torch.randn(half, self.mu.numel(), generator=generator, dtype=torch.float64).to(self.mu.device)  # (M, P)
         dtype = next(iter(self.like.values())).dtype
         losses = evaluate_members(objective, self.mu.to(dtype), self.sigma.to(dtype), noise.to(dtype), c.antithetic, c.chunk)
         best = int(torch.argmin(losses))
@@ -148,7 +148,7 @@ class SNESSearch:
         return self._as_params(self.mu)
 
     def sample(self, generator: Optional[torch.Generator] = None) -> Params:
-        noise = torch.randn(self.mu.numel(), generator=generator, dtype=torch.float64)
+        noise = torch.randn(self.mu.numel(), generator=generator, dtype=torch.float64).to(self.mu.device)
         return self._as_params(self.mu + self.sigma * noise)
 
     def best(self) -> Params:

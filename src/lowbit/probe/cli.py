@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. probe.dims=[8,16] seed=3")
     parser.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run without recomputing its records")
     parser.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides the config's device (also on --resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     config_path, overrides = split_config_and_overrides(args.config, args.overrides)
     if args.resume and (config_path or overrides):
         raise ValueError("--resume takes the run's own config.yaml: give no config file or overrides with it")
-    config = None if args.resume else load_probe_config(config_path, overrides)
+    device = [f"device={args.device}"] if args.device else []
+    config = None if args.resume else load_probe_config(config_path, overrides + device)
     start = time.perf_counter()
     log = lambda line: print(f"lowbit probe: {line}", file=sys.stderr)  # noqa: E731
     try:

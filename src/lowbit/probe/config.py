@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
+from lowbit.devices import check_device_name
 from lowbit.grid import axis, cartesian
 from lowbit.probe.network import NetworkConfig
 from lowbit.registry import nearest
@@ -223,6 +224,10 @@ class ProbeConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     budget: Optional[BudgetConfig] = None  # a common budget for every method (notes: 0.1); null = none
     threads: int = 0  # torch threads; 0 = torch's default (all cores)
+    # cpu | cuda | cuda:N: where the tasks, estimators and line searches run. Random draws are made on the CPU
+    # and moved, so a GPU run measures the same members and batches as a CPU run (numbers agree to rounding)
+    device: str = "cpu"
+    allow_tf32: bool = False  # CUDA matmuls in TensorFloat-32 (faster, ~3 decimal digits); off: the exact fp32 the fast paths claim
     # Set to probe a zoo model on real images instead of the toy (lowbit.probe.network); the grid is
     # then sweep x inits x layers x batches, and probe.dims and task are unused.
     network: Optional[NetworkConfig] = None
@@ -230,6 +235,7 @@ class ProbeConfig:
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         self.probe.check_select("dim" if self.network is None else "layer")
         if self.network is None:
             self.probe.check_sweep(list(TaskConfig.__dataclass_fields__), "task")

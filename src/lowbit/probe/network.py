@@ -114,12 +114,13 @@ def _resolve_checkpoint(path: str) -> Tuple[Path, Optional[Path]]:
 class NetworkTask:
     """A zoo model and a data split, ready to hand out per-layer objectives (module docstring)."""
 
-    def __init__(self, config: NetworkConfig, seed: int = 0, check_only: bool = False) -> None:
+    def __init__(self, config: NetworkConfig, seed: int = 0, check_only: bool = False, device: Any = "cpu") -> None:
         from lowbit.data import load_dataset
         from lowbit.models import create_model
 
         self.config = config
         self.seed = seed
+        self.device = torch.device(device)  # the model and the images; every objective's batch lives here
         model_spec = dict(config.model)
         dataset, data_dir, image_size = config.dataset, config.data_dir, config.image_size
         quant = None
@@ -156,11 +157,12 @@ class NetworkTask:
             self.model = apply_quant_config(self.model, quant)
         if state is not None:
             self.model.load_state_dict(state)
+        self.model.to(self.device)
         from lowbit.data import normalize
 
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-        self.images = normalize(data.images[order], data.mean, data.std)  # (N, C, H, W) float32
-        self.labels = data.labels[order]
+        self.images = normalize(data.images[order], data.mean, data.std).to(self.device)  # (N, C, H, W) float32
+        self.labels = data.labels[order].to(self.device)
         self.pretrain_log: List[Dict[str, float]] = []
         if config.pretrain_epochs and not check_only:
             self.pretrain()

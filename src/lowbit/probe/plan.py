@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Sequence
 
+from lowbit.devices import resolve_device
 from lowbit.estimators import get_estimator
 from lowbit.grid import axis, cartesian, select
 from lowbit.probe.config import EstimatorSpec, ProbeConfig, act_label, expand_estimators, task_conditions
@@ -108,6 +109,10 @@ def prepare(config: ProbeConfig) -> List[EstimatorSpec]:
     if config.budget is not None:
         specs = [_with_budget(spec, config.budget.radius, config.budget.norm) for spec in specs]
     errors = []
+    try:
+        resolve_device(config.device)  # no such device here: one line, before any compute
+    except ValueError as error:
+        errors.append(str(error))
     for spec in specs:
         try:
             get_estimator(spec.name, **spec.params)
@@ -156,6 +161,8 @@ def prepare(config: ProbeConfig) -> List[EstimatorSpec]:
                 errors.append(f"probe.select {config.probe.select} keeps no unit of the grid")
         except ValueError as error:
             errors.append(f"probe.{error}")
+    if len(errors) == 1:
+        raise ValueError(f"invalid probe config: {errors[0]}")
     if errors:
         raise ValueError("invalid probe config:\n  - " + "\n  - ".join(errors))
     return specs
@@ -209,7 +216,7 @@ def make_task(
     """
     if config.network is not None:
         network = dataclasses.replace(config.network, **condition)
-        return NetworkTask(network, seed=config.seed + init, check_only=check_only)
+        return NetworkTask(network, seed=config.seed + init, check_only=check_only, device="cpu" if check_only else config.device)
     settings = {**vars(config.task), **condition}
     task = ToyTask(
         dim=dim,
@@ -218,6 +225,7 @@ def make_task(
         batch_size=1 if check_only else settings["batch_size"],
         seed=config.seed + init,
         weights=settings["weights"],
+        device="cpu" if check_only else config.device,
     )
     if settings["pretrain_steps"] > 0 and pretrain and not check_only:
         task.pretrain(

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 
+from lowbit.devices import set_tf32
 from lowbit.estimators import get_estimator
 from lowbit.probe.config import EstimatorSpec, ProbeConfig
 from lowbit.probe.estimate import estimate_time
@@ -64,6 +65,7 @@ def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate
     from tqdm.auto import tqdm
 
     specs = prepare(config)
+    set_tf32(config.allow_tf32)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     records_path = run_dir / "records.csv"

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lowbit.devices import chunk_numbers
 from lowbit.estimators.base import GradientEstimator, get_estimator
 from lowbit.estimators.objective import (
     Objective,
@@ -179,11 +180,11 @@ class ToyActivation:
         else:
             self.kind = "generic"
 
-    def level_values(self, dtype: torch.dtype) -> torch.Tensor:
+    def level_values(self, dtype: torch.dtype, device: Any = None) -> torch.Tensor:
         """The sorted output values, computed as the quantizer computes them (k/n in ``dtype``)."""
         if self.levels is not None:
-            return torch.tensor(self.levels, dtype=dtype)
-        return torch.arange(self._steps + 1, dtype=dtype) / self._steps
+            return torch.tensor(self.levels, dtype=dtype, device=device)
+        return torch.arange(self._steps + 1, dtype=dtype, device=device) / self._steps
 
     def __call__(self, z: torch.Tensor, surrogate: Optional[Any] = None) -> torch.Tensor:
         """The differentiable activation (the quantizer's own backward, or the surrogate's)."""
@@ -268,6 +269,7 @@ class ToyTask:
         teacher_act: Any = TEACHER_ACT,
         dtype: torch.dtype = torch.float32,
         weights: str = "real",
+        device: Any = "cpu",
     ) -> None:
         errors = [
             e
@@ -286,6 +288,7 @@ class ToyTask:
         if errors:
             raise ValueError("; ".join(errors))
         self.dim, self.depth, self.batch_size, self.seed, self.dtype = int(dim), int(depth), int(batch_size), int(seed), dtype
+        self.device = torch.device(device)  # the batches, both networks and every Objective live here
         self.act_spec = act
         self.weights = weights
         self.activation = ToyActivation(act)
@@ -304,7 +307,7 @@ class ToyTask:
             torch.manual_seed(sub_seed(self.seed, stream))
             quantizer = BINARY_WEIGHT_QUANTIZER if binary else None
             model = create_model("toy_mlp", dim=self.dim, depth=self.depth, act=act, weight_quantizer=quantizer)
-        return model.to(self.dtype)
+        return model.to(device=self.device, dtype=self.dtype)  # drawn on the CPU: the same weights on any device
 
     # --- data ---
 
@@ -317,7 +320,7 @@ class ToyTask:
 
     def _make_batch(self, stream: int, index: int, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(sub_seed(self.seed, stream, index))
-        x = torch.randn(size, self.dim, generator=generator, dtype=self.dtype)  # (B, d)
+        x = torch.randn(size, self.dim, generator=generator, dtype=self.dtype).to(self.device)  # (B, d), drawn on the CPU
         with torch.no_grad():
             y = self.teacher(x)  # (B, d)
         return x, y
@@ -431,6 +434,7 @@ class ToyTask:
             "seed": self.seed,
             "dtype": str(self.dtype).replace("torch.", ""),
             "weights": self.weights,
+            "device": str(self.device),
             "pretrained_steps": self.pretrained_steps,
         }
 
@@ -464,6 +468,7 @@ class ToyObjective(Objective):
         self.dim = self.weights[0].shape[0]
         self.activation = activation
         self.x, self.y = x, y
+        self.device = x.device  # every working tensor is made here; loss vectors come back on the CPU
         self.layers = tuple(sorted(set(layers)))
         bad = [l for l in self.layers if not 0 <= l < self.depth]
         if bad:
@@ -549,17 +554,22 @@ class ToyObjective(Objective):
         @torch.no_grad()
         def member_chunk(p0: int) -> torch.Tensor:
             wt = {l: w[p0 : p0 + members].transpose(1, 2) for l, w in per_layer.items()}  # (m, d_in, d_out)
-            sums = torch.zeros(min(members, pop - p0), dtype=torch.float64)
+            sums = torch.zeros(min(members, pop - p0), dtype=torch.float64, device=self.device)
             for b0 in range(0, batch, rows):
                 sums += self._chunk_loss_sums(u[b0 : b0 + rows], self.y[b0 : b0 + rows], first, wt)
             return sums
 
-        return torch.cat(map_parallel(member_chunk, range(0, pop, members))) / (batch * d)
+        return (torch.cat(map_parallel(member_chunk, range(0, pop, members))) / (batch * d)).cpu()
 
     def _chunks(self, pop: int, batch: int) -> Tuple[int, int]:
-        """(members, samples) per chunk: ``CHUNK_ROWS`` samples, members × samples × d ≈ CACHE_NUMBERS."""
-        rows = min(batch, CHUNK_ROWS)
-        return max(1, min(pop, CACHE_NUMBERS // (rows * self.dim))), rows
+        """(members, samples) per chunk: ``CHUNK_ROWS`` samples (a GPU: the whole batch), members × samples × d ≈
+        ``CACHE_NUMBERS`` (a GPU: a share of its free memory, ``lowbit.devices.chunk_numbers``)."""
+        rows = batch if self.device.type == "cuda" else min(batch, CHUNK_ROWS)
+        return max(1, min(pop, self._numbers(CACHE_NUMBERS) // (rows * self.dim))), rows
+
+    def _numbers(self, cpu_default: int) -> int:
+        """Numbers per chunk on this objective's device (the CPU's cache-sized default, or a GPU's memory share)."""
+        return chunk_numbers(self.device, cpu_default, torch.finfo(self.dtype).bits // 8)
 
     def _chunk_loss_sums(self, u: torch.Tensor, y: torch.Tensor, first: int, wt: Dict[int, torch.Tensor]) -> torch.Tensor:
         """Σ over samples and outputs of (out − y)² for every member of the chunk; (m,) float64.
@@ -653,7 +663,7 @@ class ToyObjective(Objective):
         ΔL = [2s ((rM)ᵀu)_ij + s² ‖M[:, i]‖² Σ_n u_nj²] / (B d), M = W_{L-1}···W_{l+1}.
         """
         d = self.dim
-        m = torch.eye(d, dtype=torch.float64)
+        m = torch.eye(d, dtype=torch.float64, device=self.device)
         for k in range(l + 1, self.depth):
             m = ws[k].double() @ m
         u = us[l].double()  # (B, d_j)
@@ -692,7 +702,7 @@ class ToyObjective(Objective):
         else:
             z_next = zs[l + 1]  # (B, d)
             wt = w_next.T  # (d_i, d_out)
-            rows = max(1, CACHE_NUMBERS // (d * d))
+            rows = max(1, self._numbers(CACHE_NUMBERS) // (d * d))
 
             @torch.no_grad()
             def rows_from(n0: int) -> torch.Tensor:
@@ -734,11 +744,11 @@ class ToyObjective(Objective):
 
     def _deltas_quantized(self, ws, us, zs, residual, row_loss, l: int, steps: List[Any]) -> torch.Tensor:
         act = self.activation
-        levels = act.level_values(self.dtype)
+        levels = act.level_values(self.dtype, self.device)
         _, changes = self._level_changes(ws, us, zs, residual, row_loss, l, levels)
         table = None if len(levels) == 2 else torch.stack(changes, dim=-1)  # (B, d_i, m): D for each new level
         d = self.dim
-        result = torch.zeros(len(steps), d, d, dtype=torch.float64)
+        result = torch.zeros(len(steps), d, d, dtype=torch.float64, device=self.device)
         for si, s in enumerate(steps):
             if not isinstance(s, torch.Tensor):
                 result[si] = self._quantized_step(zs[l], us[l], us[l + 1], changes, table, levels, l, s)
@@ -764,7 +774,7 @@ class ToyObjective(Objective):
         if l == 0:  # continuous input: elementwise over (d_i, n, d_j) chunks
             return self._elementwise_step(z, u, a, changes, table, levels, s[:, None, None] if per_row else s)
         # Quantized input u in `levels`: the shift s·u_nj takes one value per input level.
-        acc = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        acc = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=self.device)
         shift = s[None, :] if per_row else s  # (1, d_i) or a number
         for v in levels.tolist():
             if v == 0:
@@ -784,8 +794,8 @@ class ToyObjective(Objective):
         """
         act = self.activation
         d, batch = self.dim, self.batch_size
-        rows = max(1, MASK_NUMBERS // (d * d))
-        acc = torch.zeros(d, d, dtype=torch.float64)
+        rows = max(1, self._numbers(MASK_NUMBERS) // (d * d))
+        acc = torch.zeros(d, d, dtype=torch.float64, device=self.device)
         for n0 in range(0, batch, rows):
             sl = slice(n0, n0 + rows)
             znew = z[sl].T[:, :, None] + shift * u[sl][None, :, :]  # (d_i, c, d_j)
@@ -817,7 +827,7 @@ class ToyObjective(Objective):
             s_row = torch.where(still, torch.ones_like(s), s)[None, :]  # (1, d_i)
         else:
             if s == 0:
-                return torch.zeros(d, d, dtype=torch.float64)
+                return torch.zeros(d, d, dtype=torch.float64, device=self.device)
             still, positive, s_row = None, s > 0, s
         batch = z.shape[0]
         t = -z / s_row  # (B, d_i)
@@ -825,12 +835,12 @@ class ToyObjective(Objective):
         signed = torch.where(q, -change, change).to(self.dtype)  # (B, d_i): D(1 − 2q)
         constant = torch.where(q, change, 0.0).sum(0)  # (d_i,) float64
         compare = torch.lt if positive else torch.le
-        rows = max(1, MASK_NUMBERS // (d * d))
+        rows = max(1, self._numbers(MASK_NUMBERS) // (d * d))
 
         @torch.no_grad()
         def rows_from(n0: int) -> torch.Tensor:
             c = min(rows, batch - n0)
-            mask = torch.empty(d, c, d, dtype=self.dtype)  # (d_i, c, d_j)
+            mask = torch.empty(d, c, d, dtype=self.dtype, device=self.device)  # (d_i, c, d_j)
             compare(x[n0 : n0 + c][None, :, :], t[n0 : n0 + c].T[:, :, None], out=mask)  # C as 0./1.
             weights = signed[n0 : n0 + c].T[:, None, :]  # (d_i, 1, c)
             return torch.bmm(weights, mask).squeeze(1).double()  # (d_i, d_j)
@@ -843,7 +853,7 @@ class ToyObjective(Objective):
 
     def line_losses(self, direction: Mapping[str, torch.Tensor], lrs: Any) -> torch.Tensor:
         """L(w − lr·d) for every lr; (n_lr,) float64, exact (see the module docstring)."""
-        lrs64 = as_lr_tensor(lrs)
+        lrs64 = as_lr_tensor(lrs).to(self.device)
         dirs = checked_direction(self, direction)
         touched = {self._layer_of[name]: t for name, t in dirs.items() if bool(t.ne(0).any())}
         if not touched or len(lrs64) == 0:
@@ -859,7 +869,7 @@ class ToyObjective(Objective):
                 values = self._line_segments(touched, ordered)
         out = torch.empty_like(values)
         out[order] = values
-        return out
+        return out.cpu()
 
     def _line_polynomial(self, touched: Dict[int, torch.Tensor], lrs: torch.Tensor) -> torch.Tensor:
         """Linear network: out(lr) = Σ_p lr^p C_p, L(lr) = Σ_{p,q} lr^{p+q} <R_p, R_q> / (B d)."""
@@ -880,7 +890,7 @@ class ToyObjective(Objective):
         gram = flat @ flat.T  # (P+1, P+1)
         degree = len(coeffs) - 1
         powers = torch.stack([lrs**k for k in range(2 * degree + 1)])  # (2P+1, n_lr)
-        poly = torch.zeros(2 * degree + 1, dtype=torch.float64)
+        poly = torch.zeros(2 * degree + 1, dtype=torch.float64, device=self.device)
         for p in range(degree + 1):
             for q in range(degree + 1):
                 poly[p + q] += gram[p, q]
@@ -910,14 +920,15 @@ class ToyObjective(Objective):
         ws, u = self._exact_input_of(first)  # (B, d) float64
         touched = {l: t.double() for l, t in touched.items()}
         y = self.y.double()
-        levels = self.activation.level_values(torch.float64)
+        levels = self.activation.level_values(torch.float64, self.device)
+        on = dict(device=self.device)
 
         @torch.no_grad()
         def samples_from(n0: int) -> torch.Tensor:
-            acc = torch.zeros(3, n_lr + 1, dtype=torch.float64)  # difference arrays of c0, c1, c2
-            sample = torch.arange(n0, min(self.batch_size, n0 + SEGMENT_ROWS))
-            lo = torch.zeros(len(sample), dtype=torch.long)
-            hi = torch.full((len(sample),), n_lr, dtype=torch.long)
+            acc = torch.zeros(3, n_lr + 1, dtype=torch.float64, **on)  # difference arrays of c0, c1, c2
+            sample = torch.arange(n0, min(self.batch_size, n0 + SEGMENT_ROWS), **on)
+            lo = torch.zeros(len(sample), dtype=torch.long, **on)
+            hi = torch.full((len(sample),), n_lr, dtype=torch.long, **on)
             self._propagate(sample, lo, hi, u[sample], first, ws, y, touched, lrs, levels, acc)
             return acc
 
@@ -983,7 +994,7 @@ class ToyObjective(Objective):
             crossed = (torch.minimum(s0, s1) < t) & (torch.maximum(s0, s1) >= t)
             events_r.append(r_idx[crossed])
             events_u.append(u_idx[crossed])
-            events_t.append(torch.full((int(crossed.sum()),), t, dtype=torch.long))
+            events_t.append(torch.full((int(crossed.sum()),), t, dtype=torch.long, device=a.device))
             events_inc.append(torch.where(rising[crossed], 1, -1))
         er, eu, et, inc = (torch.cat(x) for x in (events_r, events_u, events_t, events_inc))
         # Binary search for the first k in [lo, hi) where [level >= t] differs from its value at lo.
@@ -1006,8 +1017,8 @@ class ToyObjective(Objective):
         pieces = 1 + count
         offsets = torch.cumsum(pieces, 0) - pieces  # first piece of each row
         n_new = int(pieces.sum())
-        row_of = torch.repeat_interleave(torch.arange(n_rows), pieces)  # (n_new,)
-        rank = torch.arange(len(er)) - (torch.cumsum(count, 0) - count)[er]
+        row_of = torch.repeat_interleave(torch.arange(n_rows, device=a.device), pieces)  # (n_new,)
+        rank = torch.arange(len(er), device=a.device) - (torch.cumsum(count, 0) - count)[er]
         position = offsets[er] + 1 + rank  # the piece each event starts
         new_lo = lo[row_of].clone()
         new_lo[position] = at
@@ -1015,7 +1026,7 @@ class ToyObjective(Objective):
         new_hi[:-1] = new_lo[1:]
         last = offsets + count
         new_hi[last] = hi
-        increments = torch.zeros(n_new, d, dtype=torch.long)
+        increments = torch.zeros(n_new, d, dtype=torch.long, device=a.device)
         increments.index_put_((position, eu), inc, accumulate=True)
         running = torch.cumsum(increments, 0)
         state = start[row_of] + running - running[offsets][row_of]
