@@ -214,7 +214,10 @@ def _plain(value: Any) -> Any:
 
 
 def save_config(config: Any, path: Union[str, Path]) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write the config as YAML, atomically (a reader never sees half a config.yaml)."""
+    from lowbit.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def _build_dataclass(cls: Any, data: Any, where: str, errors: List[str]) -> Any:

@@ -14,6 +14,7 @@ from lowbit.data.datasets import (
     DATA_ENV_VAR,
     DatasetSpec,
     ImageDataset,
+    dataset_spec,
     list_datasets,
     load_dataset,
     register_dataset,
@@ -29,6 +30,7 @@ from lowbit.data.augment import AugmentParams, BatchAugment, mixup, normalize
 __all__ = [
     "ImageDataset",
     "DatasetSpec",
+    "dataset_spec",
     "load_dataset",
     "list_datasets",
     "register_dataset",

@@ -251,5 +251,7 @@ for _layout in (CIFAR10, CIFAR100):
             num_classes=_layout.num_classes,
             mean=_layout.mean,
             std=_layout.std,
+            channels=IMAGE_SHAPE[0],
+            image_side=IMAGE_SHAPE[1],
         )
     )

@@ -36,6 +36,7 @@ from lowbit.registry import Registry
 __all__ = [
     "ImageDataset",
     "DatasetSpec",
+    "dataset_spec",
     "load_dataset",
     "list_datasets",
     "resolve_data_dir",
@@ -106,7 +107,8 @@ class DatasetSpec:
     ``load_split(split, data_dir, verify)`` returns ``(images, labels)`` at the
     native size: ``(N, C, H, W)`` uint8 and ``(N,)`` int64. ``mean``/``std`` are
     the published train-split constants, or ``None`` to compute them from the
-    train split (after resizing).
+    train split (after resizing). ``channels`` and ``image_side`` let a config
+    be checked against the data (model input, crop padding) before any file is read.
     """
 
     name: str
@@ -114,6 +116,8 @@ class DatasetSpec:
     num_classes: int
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
+    channels: Optional[int] = None  # C of the images, known without loading them (None: unknown)
+    image_side: Optional[int] = None  # native H = W in pixels, known without loading (None: unknown)
 
 
 _DATASETS = Registry("dataset")
@@ -123,6 +127,11 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Make ``spec`` loadable as ``load_dataset(spec.name)``."""
     _DATASETS.register(spec.name)(spec)
     return spec
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registered :class:`DatasetSpec` of ``name`` (an unknown name lists the valid ones)."""
+    return _DATASETS.get(name)
 
 
 def list_datasets() -> list[str]:

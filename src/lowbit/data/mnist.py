@@ -114,5 +114,7 @@ def load_mnist(split: str, data_dir: Path, verify: Optional[bool] = None) -> Tup
 
 
 register_dataset(
-    DatasetSpec(name="mnist", load_split=load_mnist, num_classes=NUM_CLASSES, mean=(0.1307,), std=(0.3081,))
+    DatasetSpec(
+        name="mnist", load_split=load_mnist, num_classes=NUM_CLASSES, mean=(0.1307,), std=(0.3081,), channels=1, image_side=28
+    )
 )

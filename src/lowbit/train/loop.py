@@ -47,17 +47,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowbit.config import load_config, to_dict
-from lowbit.runs import RecordWriter, atomic_write_text, create_run_dir, write_run_files
+from lowbit.config import to_dict
+from lowbit.runs import (
+    RecordWriter,
+    atomic_write_text,
+    create_run_dir,
+    hold_run_lock,
+    holds_run_locks,
+    prepare_run_dir,
+    rewrite_records,
+    write_run_files,
+)
 from lowbit.train.checkpoint import (
     capture_rng,
     checkpoint_path,
-    load_checkpoint,
     load_matching_weights,
+    load_model_state,
     restore_rng,
     save_checkpoint,
 )
 from lowbit.train.config import TrainConfig
+from lowbit.train.guards import KeptCheckpoint, TrainingDiverged, check_checkpointable, divergence_fix, nonfinite_tensor
+from lowbit.train.resume import load_resume_state
 from lowbit.train.losses import LOSSES, LossFn, build_loss
 from lowbit.train.optim import OPTIMIZERS, build_optimizer
 from lowbit.train.schedules import SCHEDULES, make_schedule
@@ -77,14 +88,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path, epoch: int, step: int):
         super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved in {run_dir}")
         self.run_dir, self.epoch, self.step = run_dir, epoch, step
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
-
-    def __init__(self, message: str, run_dir: Path):
-        super().__init__(message)
-        self.run_dir = run_dir
 
 
 @dataclass
@@ -156,10 +159,10 @@ def check_baseline(config: TrainConfig) -> None:
 
 
 def check_config(config: TrainConfig) -> None:
-    """The checks that need no data or model: registry names, ``run.baseline``, the device."""
-    check_names(config)
-    check_baseline(config)
-    resolve_device(config.run.device)
+    """Every check that needs no data (:mod:`lowbit.train.preflight`): names, ranges, the model on ``meta``."""
+    from lowbit.train.preflight import check_config as check_without_data
+
+    check_without_data(config)
 
 
 def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
@@ -194,6 +197,9 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         train_set = train_set.subset(slice(0, d.train_subset))
     if d.test_subset is not None:
         test_set = test_set.subset(slice(0, d.test_subset))
+    from lowbit.train.preflight import check_loaded_data
+
+    check_loaded_data(config, len(train_set))
 
     torch.manual_seed(config.run.seed)  # the model's initial weights
     model = create_model(
@@ -334,13 +340,7 @@ def _deterministic(enabled: bool):
 
 def _rewrite_metrics(path: Path, rows: List[Dict[str, Any]]) -> None:
     """Replace a records file by exactly ``rows`` (on resume: drop rows newer than the checkpoint)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    if rows:
-        RecordWriter(tmp).write_many(rows)
-        os.replace(tmp, path)
-    else:
-        path.unlink(missing_ok=True)
+    rewrite_records(path, rows)
 
 
 def _quantizer_schedules(model: nn.Module) -> Dict[str, Dict[str, Any]]:
@@ -390,6 +390,7 @@ def _with(config: TrainConfig, data_dir: Optional[str], device: Optional[str]) -
     return config
 
 
+@holds_run_locks
 def train(
     config: Optional[TrainConfig] = None,
     run_dir: Optional[PathLike] = None,
@@ -400,6 +401,7 @@ def train(
     device: Optional[str] = None,
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    force: bool = False,
 ) -> Path:
     """Train ``config`` (default: ``TrainConfig()``, the digits recipe); return the run directory.
 
@@ -408,15 +410,21 @@ def train(
         run_dir: where to write (created; must hold no checkpoint). Default:
             ``runs_dir/<run name>-<time>``.
         resume: a run directory to continue from its ``checkpoints/last.pt``
-            with its saved ``config.yaml``; a finished run only gets its report rebuilt.
+            with its saved ``config.yaml`` (from the start if it stopped before its
+            first checkpoint); a finished run only gets its report rebuilt. A
+            ``config.yaml`` edited since the run started is refused, naming the
+            changed keys (only ``data.data_dir`` and ``run.device`` may change).
+        force: resume even so (the run then mixes two configs).
         data_dir, device: override ``data.data_dir`` / ``run.device`` (the CLI flags).
         progress: show a tqdm bar per epoch.
         log: called with a start line and one line per epoch (the CLI passes ``tqdm.write``).
 
     Raises:
         ValueError / FileNotFoundError / KeyError: bad config, names or data, before training.
+        DirectoryInUse: another process holds the run directory.
+        StorageError: a file could not be written (disk full, read-only); resumable.
         TrainingInterrupted: SIGINT/SIGTERM; a resumable checkpoint was saved.
-        TrainingDiverged: NaN/Inf loss; the last good checkpoint was kept.
+        TrainingDiverged: NaN/Inf loss, test loss or weights; the last good (finite) checkpoint was kept.
     """
     from tqdm.auto import tqdm
 
@@ -430,9 +438,11 @@ def train(
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume {str(run_dir)!r}: no config.yaml there; is it a training run directory?")
-        config = load_config(TrainConfig, run_dir / "config.yaml")
-        state = load_checkpoint(checkpoint_path(run_dir))
+        hold_run_lock(run_dir)
+        config, state = load_resume_state(run_dir, data_dir, device, force)
     config = _with(config or TrainConfig(), data_dir, device)
+    if resume is None:
+        check_config(config)  # the checks that need no data: before any is loaded or any folder is made
     dev = resolve_device(config.run.device)
     if state is not None and state.get("complete"):
         write_train_report(run_dir)
@@ -452,20 +462,22 @@ def train(
         generators = {"data": data_gen, "augment": aug_gen}
 
         # ---- the run directory
-        if state is None:
+        if state is None and resume is None:
             if run_dir is None:
                 run_dir = create_run_dir(cfg.run_name, runs_dir)
+                hold_run_lock(run_dir)
             else:
-                run_dir = Path(run_dir)
+                run_dir = prepare_run_dir(run_dir)
+                hold_run_lock(run_dir)
                 if checkpoint_path(run_dir).exists():
                     raise ValueError(f"{str(run_dir)!r} already holds a checkpoint; resume it or choose another run_dir")
-                (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        if state is None:  # a fresh run, or a resumed one that stopped before its first checkpoint
             write_run_files(run_dir, cfg)
             _write_model_info(run_dir, setup)
             if setup.init_info is not None:
                 import yaml
 
-                (run_dir / "init_from.yaml").write_text(yaml.safe_dump({"init_from": cfg.run.init_from, **setup.init_info}))
+                atomic_write_text(run_dir / "init_from.yaml", yaml.safe_dump({"init_from": cfg.run.init_from, **setup.init_info}))
             (run_dir / METRICS_FILE).unlink(missing_ok=True)
             for name in (GRAD_STATS_FILE, GRAD_HIST_FILE, STORAGE_FILE):
                 (run_dir / name).unlink(missing_ok=True)
@@ -475,6 +487,7 @@ def train(
                 RecordWriter(run_dir / STORAGE_FILE).write_many(storage_records(model))
         run_dir = Path(run_dir)
         ckpt_file = checkpoint_path(run_dir)
+        kept = KeptCheckpoint(ckpt_file)
         if log is not None:
             log(
                 f"{'resuming' if state else 'run'} {run_dir}: {cfg.model.name} ({setup.num_params:,} parameters) on "
@@ -488,7 +501,8 @@ def train(
         sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
         history: List[Dict[str, Any]] = []
         if state is not None:
-            model.load_state_dict(state["model"])
+            kept.saved(int(state["epoch"]), int(state["step"]), int(state["position"]))
+            load_model_state(model, state["model"], ckpt_file)
             optimizer.load_state_dict(state["optimizer"])
             step, start_epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
             perm = state["perm"].to(dev) if state["perm"] is not None else None
@@ -524,6 +538,11 @@ def train(
             stats.records, stats.histograms = [], []
 
         def checkpoint(epoch: int, position: int, perm: Optional[torch.Tensor], complete: bool = False) -> None:
+            # only a finite model is saved (lowbit.train.guards): the check names the update that broke it
+            check_checkpointable(model, epoch=epoch if position else epoch - 1, step=step,
+                                 batch=position or setup.steps_per_epoch, steps_per_epoch=setup.steps_per_epoch,
+                                 test_loss=None, kept=kept, run_dir=run_dir, lr=cfg.optim.lr,
+                                 grad_clip=cfg.optim.grad_clip)
             save_checkpoint(
                 ckpt_file,
                 {
@@ -542,6 +561,7 @@ def train(
                     "quantizer_schedules": _quantizer_schedules(model),
                 },
             )
+            kept.saved(epoch, step, position)
 
         interrupt_at = int(os.environ[INTERRUPT_ENV]) if os.environ.get(INTERRUPT_ENV) else None
         bf16 = cfg.run.precision == "bf16"
@@ -586,7 +606,7 @@ def train(
                             logits = model(x)  # (B, K)
                             loss = setup.loss_fn(logits.float(), target)
                         if not torch.isfinite(loss):
-                            raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, ckpt_file), run_dir)
+                            raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, kept, model), run_dir)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         if sampled:
@@ -613,6 +633,9 @@ def train(
                     bar.close()
 
                     test_loss, test_acc = evaluate(setup, autocast)
+                    check_checkpointable(model, epoch=epoch, step=step, batch=setup.steps_per_epoch,
+                                         steps_per_epoch=setup.steps_per_epoch, test_loss=test_loss, kept=kept,
+                                         run_dir=run_dir, lr=cfg.optim.lr, grad_clip=cfg.optim.grad_clip)
                     sums["seconds"] += time.perf_counter() - t0
                     record = {
                         "epoch": epoch + 1,
@@ -678,17 +701,13 @@ def _epoch_line(r: Dict[str, Any], epochs: int) -> str:
     )
 
 
-def _divergence_message(value: float, epoch: int, i: int, step: int, cfg: TrainConfig, ckpt: Path) -> str:
-    kept = f"the last good checkpoint {str(ckpt)!r} is kept" if ckpt.exists() else "no checkpoint was written yet"
-    clip = (
-        f"lower optim.grad_clip (now {cfg.optim.grad_clip})"
-        if cfg.optim.grad_clip
-        else "set optim.grad_clip (e.g. optim.grad_clip=1.0)"
-    )
+def _divergence_message(value: float, epoch: int, i: int, step: int, cfg: TrainConfig, kept: KeptCheckpoint,
+                        model: nn.Module) -> str:
+    bad = nonfinite_tensor(model.state_dict()) if step > 0 else None
+    cause = f" (the update of step {step} made {bad[0]!r} {bad[1]})" if bad is not None else ""
     return (
-        f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (batch {i + 1} of the epoch); "
-        f"stopped without saving, {kept}. Likely fix: lower the learning rate (optim.lr={cfg.optim.lr:g}; "
-        f"try {cfg.optim.lr / 10:g}), {clip}, or add warm-up (schedule.warmup_epochs=1)."
+        f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (batch {i + 1} of the epoch)"
+        f"{cause}; stopped without saving, {kept.describe()}. {divergence_fix(cfg.optim.lr, cfg.optim.grad_clip)}"
     )
 
 
