@@ -184,7 +184,7 @@ class DirectoryLock:
             self._fd = None
 
     def __enter__(self) -> "DirectoryLock":
-        return self.acquire()
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
