@@ -74,7 +74,12 @@ class StorageError(OSError):
 
     def __str__(self) -> str:
         problem = _PROBLEMS.get(self.errno, self.strerror or "error")
-        where = f" at {str(self.filename)!r}" if self.filename else ""
+        if self.filename:
+            where = f" at {str(self.filename)!r}"
+        elif self.run_dir is not None:
+            where = f" writing into {str(self.run_dir)!r}"
+        else:
+            where = ""
         return f"{problem}{where}; {self.fix()}"
 
     def fix(self) -> str:
@@ -95,28 +100,21 @@ def storage_error(error: OSError, path: Optional[PathLike] = None) -> StorageErr
     return wrapped
 
 
-_UMASK: Optional[int] = None
-
-
 def _umask() -> int:
     """The process umask, read without changing it (``/proc/self/status``; else set and restore)."""
-    global _UMASK
-    if _UMASK is None:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("Umask:"):
-                    _UMASK = int(line.split()[1], 8)
-                    break
-        except OSError:
-            pass
-        if _UMASK is None:  # pragma: no cover - not Linux
-            _UMASK = os.umask(0o022)
-            os.umask(_UMASK)
-    return _UMASK
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - not Linux
+    os.umask(mask)
+    return mask
 
 
 def file_mode() -> int:
-    """The mode a new file gets from ``open``: ``0o666`` minus the umask."""
+    """The mode a new file gets from ``open`` (and from :func:`atomic_write_bytes`): ``0o666`` minus the umask."""
     return 0o666 & ~_umask()
 
 

@@ -31,6 +31,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -160,8 +161,14 @@ class DirectoryLock:
             if not isinstance(error, BlockingIOError):
                 os.close(fd)
                 raise storage_error(error, path) from error
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            holder = ""
+            for _ in range(50):  # the holder writes its note just after taking the lock: give it 0.5 s
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
             os.close(fd)
+            holder = holder or "another process"
             raise DirectoryInUse(
                 f"{self.what} directory {str(self.directory)!r} is in use by {holder}; "
                 "wait for that process to finish or stop it, then try again"
@@ -223,17 +230,40 @@ def holds_run_locks(function: Callable[..., Any]) -> Callable[..., Any]:
         token = _HELD.set([])
         try:
             return function(*args, **kwargs)
-        except StorageError as error:
+        except OSError as error:
             held = _HELD.get()
-            if error.run_dir is None and held:
-                error.run_dir = held[0].directory  # the CLI says how to resume this run
-            raise
+            if error.errno is None or not held:
+                raise
+            wrapped = storage_error(error)  # e.g. a plot's write on a full disk: one line, naming the run
+            if wrapped.run_dir is None:
+                run_dir = held[0].directory
+                if (run_dir / "config.yaml").is_file():
+                    wrapped.run_dir = run_dir  # the CLI says how to resume this run
+                else:
+                    _discard_unstarted(run_dir)  # it failed before it held anything: leave no empty folder
+            if wrapped is error:
+                raise
+            raise wrapped from error
         finally:
             for lock in reversed(_HELD.get() or []):
                 lock.release()
             _HELD.reset(token)
 
     return wrapper
+
+
+def _discard_unstarted(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing of a run (its lock, an empty plots/, temporaries)."""
+    try:
+        for child in run_dir.iterdir():
+            if child.name == "plots" and child.is_dir() and not any(child.iterdir()):
+                continue
+            if child.name in (DirectoryLock.FILE, STARTED_CONFIG) or child.name.endswith(".tmp"):
+                continue
+            return
+        shutil.rmtree(run_dir)
+    except OSError:
+        pass
 
 
 def hold_run_lock(run_dir: PathLike) -> DirectoryLock:
@@ -253,8 +283,8 @@ def write_run_files(run_dir: PathLike, config: Any) -> None:
     compares ``config.yaml`` with it (:func:`changed_keys`).
     """
     run_dir = Path(run_dir)
+    save_config(config, run_dir / "config.yaml")  # first: once it exists the run can be resumed
     save_config(config, run_dir / STARTED_CONFIG)
-    save_config(config, run_dir / "config.yaml")
     atomic_write_text(run_dir / "meta.yaml", yaml.safe_dump(environment_info(), sort_keys=False))
 
 
