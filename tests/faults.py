@@ -113,8 +113,29 @@ def _install(fault: Fault, counter_path: Path) -> None:
     builtins.open = counted_open
 
 
-def run_lowbit(argv: Sequence[str], fault: Optional[Fault] = None, timeout: float = 120.0) -> Result:
-    """Run ``lowbit ARGV`` in a forked child (with ``fault`` injected); its exit status and stderr."""
+def _limit_memory(extra_bytes: int) -> None:
+    """Cap the child's address space at its size now plus ``extra_bytes``: a runaway allocation fails, never swaps."""
+    import resource
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            now = int(line.split()[1]) * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (now + extra_bytes, resource.RLIM_INFINITY))
+            return
+
+
+def run_lowbit(
+    argv: Sequence[str],
+    fault: Optional[Fault] = None,
+    timeout: float = 120.0,
+    cwd: Optional[Path] = None,
+    memory_limit: Optional[int] = None,
+) -> Result:
+    """Run ``lowbit ARGV`` in a forked child (with ``fault`` injected); its exit status and stderr.
+
+    ``cwd``: the child's working directory; ``memory_limit``: bytes the child may allocate beyond
+    what it inherits (a cap on its address space).
+    """
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(prefix="lowbit-fault-"))
@@ -131,6 +152,10 @@ def run_lowbit(argv: Sequence[str], fault: Optional[Fault] = None, timeout: floa
             sys.stderr = open(2, "w", closefd=False)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if cwd is not None:
+                os.chdir(cwd)
+            if memory_limit is not None:
+                _limit_memory(memory_limit)
             if fault is not None:
                 _install(fault, counter_path)
             from lowbit.cli import main

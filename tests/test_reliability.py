@@ -558,7 +558,7 @@ def test_late_checks_run_before_data_and_before_the_run_directory(tmp_path):
     torch.save({"model": {"conv1.weight": torch.zeros(6, 3, 5, 5)}}, shaped)
     runs = tmp_path / "runs"
     cases = [
-        (["model.kwargs={bogus: 1}"], "model: cannot build model 'lenet5'"),
+        (["model.kwargs={bogus: 1}"], "model.kwargs): cannot build model 'lenet5'"),
         (["optim.extra={kappa: 2}"], "optim: optim.extra"),
         (["quant={w_bitz: 8}"], "quant"),
         (["augment.erasing={p: 2}"], "erasing['p'] must be in [0, 1]"),

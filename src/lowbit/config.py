@@ -133,6 +133,21 @@ def _one_line(error: yaml.YAMLError) -> str:
     return f"{context + ': ' if context else ''}{problem}{where}"
 
 
+MAX_THREADS = 256  # torch threads at most (or 4 per core on a bigger machine): 1e5 threads hang the process
+
+
+def check_threads(value: Any, key: str) -> None:
+    """A torch thread count a machine can use (None/0: the default); a config from a larger machine still runs."""
+    import os
+
+    limit = max(MAX_THREADS, 4 * (os.cpu_count() or 1))
+    if isinstance(value, int) and value > limit:
+        raise ConfigError(
+            f"{key}={value} is more threads than this machine can use ({os.cpu_count()} cores; at most {limit}); "
+            "use the core count or fewer"
+        )
+
+
 def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
     """Turn ``["probe.dims=[8,16]", "seed=3"]`` into a nested dict.
 

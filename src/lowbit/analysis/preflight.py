@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from lowbit.config import check_threads
 from lowbit.runs import check_run_name
 
 __all__ = ["check_analysis"]
@@ -30,15 +31,16 @@ def check_analysis(name: str, config: Any) -> None:
     """Raise ``ValueError`` listing every problem of the analysis ``name``'s ``config`` (module docstring)."""
     errors: List[str] = []
     _attempt(errors, "", lambda: check_run_name(config.name, "name"))
+    _attempt(errors, "", lambda: check_threads(getattr(config, "threads", None), "threads"))
     if name in ("landscape", "attribution"):
         _check_source(errors, "source", config.source)
     if name == "landscape" and config.interpolation.enabled:
-        from lowbit.analysis.source import resolve_checkpoint
+        from lowbit.analysis.config import SourceSpec
 
         for key in ("start", "end"):
             value = getattr(config.interpolation, key)
             if value not in ("init", "final"):
-                _attempt(errors, f"interpolation.{key}", lambda value=value: resolve_checkpoint(value))
+                _attempt(errors, f"interpolation.{key}", lambda value=value: _train_config(SourceSpec(checkpoint=value)))
     if name == "bn-smoothness":
         _check_bn(errors, config)
     if name == "weights":
@@ -66,10 +68,15 @@ def _train_config(source: Any) -> Any:
         from lowbit.analysis.source import resolve_checkpoint
         from lowbit.train import load_checkpoint
 
+        from lowbit.train.guards import nonfinite_tensor
+
         path = resolve_checkpoint(source.checkpoint)
         state = load_checkpoint(path)
         if not isinstance(state.get("config"), dict):
             raise ValueError(f"checkpoint {str(path)!r} holds no training config; it was not written by `lowbit train`")
+        bad = nonfinite_tensor(state["model"])
+        if bad is not None:
+            raise ValueError(f"checkpoint {str(path)!r} holds non-finite weights ({bad[0]!r} = {bad[1]}); give a finite one")
         return from_dict(TrainConfig, state["config"])
     config = load_config(TrainConfig, source.train_config, list(source.train_overrides))
     check_config(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from lowbit.config import load_config
+from lowbit.config import check_threads, load_config
 from lowbit.probe.config import ProbeConfig
 from lowbit.probe.plan import prepare
 from lowbit.probe.runner import run_grid
@@ -81,6 +81,7 @@ def run_probe(
     else:
         config = config if config is not None else ProbeConfig(name="probe-default")
         check_run_name(config.name, "name")
+        check_threads(config.threads, "threads")
         prepare(config)  # every check before the run directory exists or any compute starts
         if run_dir is None:
             run_dir = create_run_dir(config.name, runs_dir)

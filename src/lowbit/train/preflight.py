@@ -26,8 +26,10 @@ from typing import Callable, List, Optional
 
 import torch
 
+from lowbit.config import check_threads
 from lowbit.runs import check_run_name
 from lowbit.train.config import TrainConfig
+from lowbit.train.guards import nonfinite_tensor
 
 __all__ = ["MAX_EPOCHS", "check_config", "check_loaded_data", "image_side", "meta_model"]
 
@@ -63,6 +65,19 @@ def meta_model(config: TrainConfig) -> torch.nn.Module:
     return model
 
 
+def model_memory_problem(model: torch.nn.Module) -> Optional[str]:
+    """Why a (meta) model cannot be trained here: its weights, gradients and optimizer state exceed the memory."""
+    from lowbit.data.limits import available_memory
+
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    needed = 4 * weight_bytes  # weights, gradients and two optimizer moments (Adam); SGD needs 3x
+    free = available_memory()
+    if free is not None and needed > free:
+        return (f"has {weight_bytes // 4:,} weights ({weight_bytes / 2**30:.1f} GiB); training needs ~{needed / 2**30:.1f} GiB, "
+                f"more than the {free / 2**30:.1f} GiB free: choose a smaller width")
+    return None
+
+
 def check_config(config: TrainConfig) -> None:
     """Raise ``ValueError`` listing every problem of ``config`` that shows without data (module docstring)."""
     from lowbit.train.loop import check_baseline, check_names, resolve_device
@@ -81,6 +96,7 @@ def check_config(config: TrainConfig) -> None:
     check_baseline(config)
     resolve_device(config.run.device)
     attempt("", lambda: check_run_name(config.run_name, "run.name"))
+    attempt("", lambda: check_threads(config.run.threads, "run.threads"))
     errors += _ranges(config)
     errors += _built(config)
     if errors:
@@ -124,9 +140,12 @@ def _built(config: TrainConfig) -> List[str]:
     errors: List[str] = []
     try:
         model = meta_model(config)
-    except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as error:
-        key = "quant" if config.quant else "model"
+    except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError, OverflowError, MemoryError) as error:
+        key = "quant" if config.quant else "model (model.* and model.kwargs)"
         return [f"{key}: cannot build model {config.model.name!r} with these settings: {_first_line(error)}"]
+    problem = model_memory_problem(model)
+    if problem is not None:
+        return [f"model: {config.model.name!r} with these settings {problem}"]
     try:
         build_optimizer(model.parameters(), config.optim, model=model)
     except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as error:
@@ -170,6 +189,9 @@ def _check_init_from(path: str, model: torch.nn.Module) -> List[str]:
     own = model.state_dict()
     if not any(k in own and tuple(own[k].shape) == tuple(v.shape) for k, v in weights.items()):
         return [f"run.init_from: no tensor of {path!r} fits the model (first difference: {first_mismatch(own, weights)})"]
+    bad = nonfinite_tensor(weights)
+    if bad is not None:
+        return [f"run.init_from: {path!r} holds non-finite weights ({bad[0]!r} = {bad[1]}); start from a finite checkpoint"]
     return []
 
 

@@ -25,6 +25,31 @@ __all__ = ["CHANGEABLE_ON_RESUME", "load_resume_state"]
 CHANGEABLE_ON_RESUME = ("data.data_dir", "run.device")
 
 
+# what a resumable checkpoint holds (see lowbit.train.checkpoint), with the types the loop relies on
+_STATE_TYPES = {
+    "model": dict, "optimizer": dict, "step": int, "epoch": int, "position": int, "epoch_sums": dict,
+    "rng": dict, "metrics": list,
+}
+
+
+def check_resume_state(state: Dict[str, Any], path: Path) -> None:
+    """Raise ``ValueError`` naming the first entry a resumable checkpoint lacks or holds in the wrong type."""
+    import torch
+
+    for key, kind in _STATE_TYPES.items():
+        if not isinstance(state.get(key), kind) or (kind is int and isinstance(state.get(key), bool)):
+            got = "missing" if key not in state else type(state[key]).__name__
+            raise ValueError(
+                f"checkpoint {str(path)!r} cannot be resumed: its {key!r} entry is {got}, expected {kind.__name__}; "
+                "it was not written by this lowbit's `train` (or was altered); start a new run"
+            )
+    if state.get("perm") is not None and not isinstance(state["perm"], torch.Tensor):
+        raise ValueError(f"checkpoint {str(path)!r} cannot be resumed: its 'perm' entry is not a tensor; start a new run")
+    bad = [k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"checkpoint {str(path)!r} cannot be resumed: its weight {bad[0]!r} is not a tensor; start a new run")
+
+
 def load_resume_state(
     run_dir: Path, data_dir: Optional[str] = None, device: Optional[str] = None, force: bool = False
 ) -> Tuple[TrainConfig, Optional[Dict[str, Any]]]:
@@ -33,6 +58,7 @@ def load_resume_state(
     path = checkpoint_path(run_dir)
     state = load_checkpoint(path) if path.exists() else None
     if state is not None:
+        check_resume_state(state, path)
         bad = nonfinite_tensor(state["model"])
         if bad is not None:
             raise ValueError(
