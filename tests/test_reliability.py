@@ -620,3 +620,29 @@ def test_run_files_are_readable_by_collaborators(tmp_path):
     modes = {p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
     assert modes and all(mode == 0o644 for mode in modes.values()), {str(k): oct(v) for k, v in modes.items() if v != 0o644}
     atomic_write_text(tmp_path / "x.txt", "x")
+
+
+# ----------------------------------------------------------------------------- a real full disk
+
+
+def test_a_real_full_disk_is_one_line_and_the_run_resumes_when_space_returns(tmp_path, train_reference):
+    """A 400 kB tmpfs (needs root to mount; skipped elsewhere): the disk fills up for real during the run."""
+    import subprocess
+
+    reference, _ = train_reference
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        result = run_lowbit(TRAIN + ["--runs-dir", str(disk)])
+        assert result.rc == 2, result.err
+        (line,) = result.err.strip().splitlines()
+        assert "disk full (no space left on device)" in line and "lowbit train --resume" in line
+        run = only_run(disk)
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+        resumed = run_lowbit(["train", "--quiet", "--resume", str(run)])
+        assert resumed.rc == 0, resumed.err
+        assert same_train(run, reference)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
