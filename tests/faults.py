@@ -24,7 +24,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 
 @dataclass
@@ -130,11 +130,13 @@ def run_lowbit(
     timeout: float = 120.0,
     cwd: Optional[Path] = None,
     memory_limit: Optional[int] = None,
+    signal_after: Optional[Tuple[int, float]] = None,
 ) -> Result:
     """Run ``lowbit ARGV`` in a forked child (with ``fault`` injected); its exit status and stderr.
 
     ``cwd``: the child's working directory; ``memory_limit``: bytes the child may allocate beyond
-    what it inherits (a cap on its address space).
+    what it inherits (a cap on its address space); ``signal_after=(signum, seconds)``: send the
+    child that signal after that many seconds (then wait for it to end).
     """
     import tempfile
 
@@ -172,6 +174,14 @@ def run_lowbit(
             traceback.print_exc()
             sys.stderr.flush()
             os._exit(99)
+    if signal_after is not None:
+        import time
+
+        time.sleep(signal_after[1])
+        try:
+            os.kill(pid, signal_after[0])
+        except ProcessLookupError:
+            pass  # it had already finished
     _, status, usage = _wait(pid, timeout)
     rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     err = err_path.read_text(errors="replace")

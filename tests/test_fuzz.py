@@ -86,7 +86,7 @@ def test_fuzz_every_case_is_refused_cleanly_or_runs(tmp_path, checkpoint):
     outside = [tmp_path.parent, tmp_path.parent.parent, Path("/tmp")]
     before = {folder: _snapshot(folder) for folder in outside}
     passwd = os.stat("/etc/passwd").st_mtime_ns
-    baseline = run_lowbit(["models"]).peak_rss_mb
+    baseline = run_lowbit(["report", str(tmp_path / "no-such-run")]).peak_rss_mb  # a child that reads nothing
     failures = []
     start = time.perf_counter()
     for i, case in enumerate(cases):

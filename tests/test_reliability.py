@@ -463,7 +463,7 @@ def test_an_mnist_gzip_bomb_costs_at_most_what_its_header_allows(tmp_path):
     with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as handle:
         handle.write(struct.pack(">II", 0x801, n) + bytes(n))
     argv = ["train", "--quiet", "data.dataset=mnist", "--data-dir", str(tmp_path), "--runs-dir", str(tmp_path / "r")]
-    baseline = run_lowbit(["models"])  # the same forked process, reading no data
+    baseline = run_lowbit(["report", str(tmp_path / "no-such-run")])  # the same forked process, reading nothing
     result = run_lowbit(argv)
     assert result.rc == 2 and "decompression bomb" in result.err, result.err
     assert result.peak_rss_mb - baseline.peak_rss_mb < 100  # refused from the header: nothing inflated
