@@ -2,9 +2,12 @@
 
 A step is what ``lowbit.train.loop`` does per batch: BatchAugment (crop + flip +
 normalise) on uint8 images, forward, cross-entropy, backward, SGD step. The
-binary model's step time is compared with its float twin (resnet18 vs
-xnor_resnet18 at the same width; target <= 1.3x: binarisation should cost
-little on top of the convolutions when sign and scaling are fused reasonably).
+binary model's step time is compared with its float twin: xnor_resnet18 at width
+16 against the same network with plain float convs in place of the binary ones
+(``lowbit.deploy.twin.float_twin``; resnet18 is a different network, kept as a
+row of its own). Target <= 1.15x (issue 15): binarisation should cost little on
+top of the convolutions. ``benchmarks/bench_binary_train.py`` measures the same
+ratio at widths 16-64 with process CPU time.
 
     python benchmarks/bench_train.py                 # print the table, update BENCHMARKS.md
     python benchmarks/bench_train.py --no-write --steps 5
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.data import BatchAugment
+from lowbit.deploy.twin import float_twin
 from lowbit.models import create_model
 from lowbit.runs import cpu_name
 
@@ -38,10 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "Training throughput"
 START, END = "<!-- bench_train:start -->", "<!-- bench_train:end -->"
 
-# (label, model name, kwargs, (channels, size), batch)
+TARGET = 1.15  # xnor_resnet18 step time / its float twin's
+TWIN = "twin:"  # model-name prefix: the float twin of that zoo model
+
+# (label, model name, kwargs, (channels, size), batch); the ratio is CASES[1] / CASES[0]
 CASES: List[Tuple[str, str, Dict, Tuple[int, int], int]] = [
-    ("resnet18 w16, CIFAR 32x32", "resnet18", {"width": 16}, (3, 32), 128),
+    ("xnor_resnet18 w16 float twin, CIFAR 32x32", TWIN + "xnor_resnet18", {"width": 16}, (3, 32), 128),
     ("xnor_resnet18 w16, CIFAR 32x32", "xnor_resnet18", {"width": 16}, (3, 32), 128),
+    ("resnet18 w16, CIFAR 32x32", "resnet18", {"width": 16}, (3, 32), 128),
     ("resnet9 (w 1.0), CIFAR 32x32", "resnet9", {}, (3, 32), 128),
     ("simp_resnet9 (w 1.0), CIFAR 32x32", "simp_resnet9", {}, (3, 32), 128),
     ("digits: lenet5, 32x32 (train-digits.yaml)", "lenet5", {}, (1, 32), 64),
@@ -54,7 +62,10 @@ def time_steps(name: str, kwargs: Dict, shape: Tuple[int, int], batch: int, step
     """Median seconds of one training step."""
     channels, size = shape
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10, in_channels=channels, **kwargs)
+    if name.startswith(TWIN):
+        model = float_twin(create_model(name[len(TWIN):], num_classes=10, in_channels=channels, **kwargs))
+    else:
+        model = create_model(name, num_classes=10, in_channels=channels, **kwargs)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     augment = BatchAugment(crop_padding=max(1, size // 8), flip=True, mean=(0.5,) * channels, std=(0.25,) * channels)
@@ -93,8 +104,8 @@ def main() -> None:
         print(f"{label:<58} batch {batch:>4}  {seconds * 1000:9.1f} ms/step  {batch / seconds:9.1f} images/s", flush=True)
     load_after = os.getloadavg()[0]
     ratio = step_time[CASES[1][0]] / step_time[CASES[0][0]]
-    verdict = "meets" if ratio <= 1.3 else "misses"
-    print(f"xnor_resnet18 w16 / resnet18 w16 step time: {ratio:.2f}x ({verdict} the <= 1.3x target)")
+    verdict = "meets" if ratio <= TARGET else "misses"
+    print(f"xnor_resnet18 w16 / its float twin step time: {ratio:.2f}x ({verdict} the <= {TARGET}x target)")
 
     cores = os.cpu_count() or 1
     shared = max(load_before, load_after) > cores
@@ -111,8 +122,11 @@ def main() -> None:
             "",
             *table,
             "",
-            f"Binary vs float twin (xnor_resnet18 w16 / resnet18 w16, same batch): **{ratio:.2f}x** step time "
-            f"({verdict} the <= 1.3x target).",
+            f"Binary vs float twin (xnor_resnet18 w16 / the same network with plain convs, same batch): "
+            f"**{ratio:.2f}x** step time ({verdict} the <= {TARGET}x target). resnet18 is a different network "
+            "(other blocks), not the twin. The rows are timed one case after another in wall-clock time, so a load "
+            "change between two rows moves this ratio; the interleaved process-CPU comparison at widths 16-64 is in "
+            "\"Binary layers in training\" (benchmarks/bench_binary_train.py).",
             "",
             f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
             f"Python {platform.python_version()}; {dt.date.today().isoformat()}."

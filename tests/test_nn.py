@@ -13,6 +13,7 @@ from lowbit.nn import (
     MaxDropout,
     QuantConv2d,
     QuantLinear,
+    DeadSignWarning,
     binarize,
     make_quantizer,
     quantizer_bits,
@@ -36,8 +37,8 @@ def _seed():
         (lambda: BinaryLinear(5, 3, bias=True), (2, 7, 5), (2, 7, 3)),
         (lambda: BinaryConv2d(3, 8, 3, padding=1), (2, 3, 8, 8), (2, 8, 8, 8)),
         (lambda: BinaryConv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 8, 8), (2, 6, 4, 4)),
-        (lambda: QuantLinear(5, 3, weight_bits=4, act_bits=4), (4, 5), (4, 3)),
-        (lambda: QuantConv2d(3, 8, 3, padding=1, weight_bits=8, act_bits=8), (2, 3, 8, 8), (2, 8, 8, 8)),
+        (lambda: QuantLinear(5, 3, w_bits=4, a_bits=4), (4, 5), (4, 3)),
+        (lambda: QuantConv2d(3, 8, 3, padding=1, w_bits=8, a_bits=8), (2, 3, 8, 8), (2, 8, 8, 8)),
     ],
 )
 def test_layer_shapes(layer, x_shape, y_shape):
@@ -59,8 +60,8 @@ def test_binary_layers_subclass_float_layers():
     [
         (lambda: BinaryLinear(6, 4), (8, 6)),
         (lambda: BinaryConv2d(3, 4, 3, padding=1), (2, 3, 6, 6)),
-        (lambda: QuantLinear(6, 4, weight_bits=3, act_bits=3), (8, 6)),
-        (lambda: QuantConv2d(3, 4, 3, weight_bits=4, act_bits=4), (2, 3, 6, 6)),
+        (lambda: QuantLinear(6, 4, w_bits=3, a_bits=3), (8, 6)),
+        (lambda: QuantConv2d(3, 4, 3, w_bits=4, a_bits=4), (2, 3, 6, 6)),
     ],
 )
 def test_latent_weights_stay_float_and_get_gradients(layer, x_shape):
@@ -151,7 +152,7 @@ def test_quantizer_bits():
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_quant_linear_values_on_the_k_bit_grid(bits):
     n = 2 ** (bits - 1) - 1
-    layer = QuantLinear(10, 6, weight_bits=bits, act_bits=bits)
+    layer = QuantLinear(10, 6, w_bits=bits, a_bits=bits)
     x = torch.randn(32, 10)
     for value, source in ((layer.quantize_input(x), x), (layer.quantized_weight(), layer.weight)):
         step = source.detach().abs().max() / n
@@ -164,19 +165,19 @@ def test_quant_linear_values_on_the_k_bit_grid(bits):
 
 
 def test_quant_layer_float_and_errors():
-    layer = QuantLinear(4, 3, weight_bits=None, act_bits=32)
+    layer = QuantLinear(4, 3, w_bits=None, a_bits=32)
     assert layer.input_quantizer is None and layer.weight_quantizer is None
     x = torch.randn(2, 4)
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
-    assert quantizer_bits(QuantConv2d(2, 2, 1, weight_bits=4, act_bits=6).input_quantizer) == 6
-    with pytest.raises(ValueError, match="act_bits"):
-        QuantLinear(4, 3, act_bits=1)
-    with pytest.raises(ValueError, match="weight_bits"):
-        QuantConv2d(4, 3, 3, weight_bits=0)
+    assert quantizer_bits(QuantConv2d(2, 2, 1, w_bits=4, a_bits=6).input_quantizer) == 6
+    with pytest.raises(ValueError, match="a_bits"):
+        QuantLinear(4, 3, a_bits=1)
+    with pytest.raises(ValueError, match="w_bits"):
+        QuantConv2d(4, 3, 3, w_bits=0)
 
 
 def test_signed_activation_gradient_is_straight_through():
-    layer = QuantLinear(4, 3, weight_bits=None, act_bits=4)
+    layer = QuantLinear(4, 3, w_bits=None, a_bits=4)
     x = torch.randn(5, 4, requires_grad=True)
     layer(x).sum().backward()
     torch.testing.assert_close(x.grad, layer.weight.detach().sum(0).expand(5, 4))
@@ -230,7 +231,8 @@ def test_binarize_keeps_weights_and_first_last_float():
     model = _float_net()
     weights = {name: p for name, p in model.named_parameters()}
     values = {name: p.detach().clone() for name, p in weights.items()}
-    assert binarize(model, weight_quantizer={"name": "xnor_weight", "per_channel": False}) is model
+    with pytest.warns(DeadSignWarning, match="2 \\(after ReLU '1'\\)"):  # the sign after nn.ReLU sees only x >= 0
+        assert binarize(model, weight_quantizer={"name": "xnor_weight", "per_channel": False}) == ["2", "5"]
     assert type(model[0]) is nn.Conv2d and type(model[6]) is nn.Linear  # first and last stay float
     assert isinstance(model[2], BinaryConv2d) and isinstance(model[5], BinaryLinear)
     assert model[2].bias is None and model[5].bias is not None
@@ -243,9 +245,10 @@ def test_binarize_keeps_weights_and_first_last_float():
 
 
 def test_binarize_all_layers_and_idempotent():
-    model = binarize(_float_net(), keep_first_last=False, input_quantizer=None)
+    model = _float_net()
+    assert binarize(model, keep_first_last=False, input_quantizer=None) == ["0", "2", "5", "6"]
     kinds = [type(m) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert kinds == [BinaryConv2d, BinaryConv2d, BinaryLinear, BinaryLinear]
     assert model[0].input_quantizer is None
-    again = binarize(model)
-    assert [type(m) for m in again if isinstance(m, (nn.Conv2d, nn.Linear))] == kinds
+    assert binarize(model) == []  # nothing left to convert
+    assert [type(m) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))] == kinds

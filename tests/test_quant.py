@@ -101,6 +101,10 @@ CASES = {
         ({"beta": 2.5}, ref_sign, lambda x, g: g * ref_swish_derivative(x, 2.5)),
     ],
     "approx_sign": [({}, ref_sign, lambda x, g: g * (2 - 2 * x.abs()) * window(x, -1, 1))],
+    "approx_sign_window": [
+        ({}, ref_sign, lambda x, g: g * (2 - 2 * x.abs()) * window(x, -1, 1)),
+        ({"window": 0.5}, ref_sign, lambda x, g: g * 4.0 * (1 - 2 * x.abs()) * window(x, -0.5, 0.5)),
+    ],
     "vste": [
         ({}, ref_sign, lambda x, g: g.clamp(-0.5, 0.5) * window(x, -1, 1)),
         ({"grad_clip": 0.2, "clip": 1.3}, ref_sign, lambda x, g: g.clamp(-0.2, 0.2) * window(x, -1.3, 1.3)),
@@ -189,7 +193,9 @@ def test_expected_quantizers_are_registered():
         "xnor_weight", "uniform_weight",
     }  # fmt: skip
     assert expected <= set(list_quantizers())
-    assert set(list_sign_quantizers()) == {"ste", "ste_clipped", "steep", "swish_sign", "approx_sign", "vste"}
+    assert set(list_sign_quantizers()) == {
+        "ste", "ste_clipped", "steep", "swish_sign", "approx_sign", "approx_sign_window", "vste",
+    }  # fmt: skip
 
 
 def test_unknown_name_lists_nearest_match():

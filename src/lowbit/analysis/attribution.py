@@ -124,7 +124,7 @@ def run_attribution(
     from lowbit.runs import atomic_torch_save
 
     run_dir = Path(run_dir)
-    trained = obtain_model(config.source, run_dir, data_dir=data_dir, progress=progress, log=log)
+    trained = obtain_model(config.source, run_dir, data_dir=data_dir, progress=progress, log=log, device=config.device)
     start = time.perf_counter()
     model = trained.model.eval()
     x, labels = trained.images(config.split, indices=config.indices)  # (N, C, H, W), (N,)
@@ -132,7 +132,7 @@ def run_attribution(
         probs = torch.softmax(model(x), dim=1)  # (N, K)
     preds = probs.argmax(1)
     targets = preds if config.target == "predicted" else labels
-    baseline = _baseline(config.ig_baseline, trained.setup.mean, trained.setup.std, x.shape[1])
+    baseline = _baseline(config.ig_baseline, trained.setup.mean, trained.setup.std, x.shape[1]).to(x.device)
     results = attribute_all(model, x, targets, config.methods, ig_steps=config.ig_steps, baseline=baseline)
     writer = RecordWriter(run_dir / ATTRIBUTION_FILE)
     rows: List[Dict[str, Any]] = []
@@ -161,8 +161,8 @@ def run_attribution(
     atomic_torch_save(
         {
             "indices": list(config.indices),
-            "originals": trained.raw_images(config.split, config.indices),
-            "heatmaps": {m: heatmap(a) for m, (a, _) in results.items()},
+            "originals": trained.raw_images(config.split, config.indices).cpu(),
+            "heatmaps": {m: heatmap(a).cpu() for m, (a, _) in results.items()},
         },
         run_dir / "attribution.pt",
     )

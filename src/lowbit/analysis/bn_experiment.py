@@ -111,7 +111,7 @@ def _label(bn: bool) -> str:
 class _Data:
     """Training images (uint8, in memory) and their normalisation; batches come out as float."""
 
-    def __init__(self, config: BNSmoothnessConfig, data_dir: Optional[str]):
+    def __init__(self, config: BNSmoothnessConfig, data_dir: Optional[str], device: torch.device):
         from lowbit.data import load_dataset
 
         d = config.data
@@ -120,12 +120,14 @@ class _Data:
         if d.train_subset is not None:
             self.train = self.train.subset(slice(0, d.train_subset))
         self.test = load_dataset(d.dataset, "test", data_dir=where, image_size=d.image_size)
+        self.device = device
 
     def batch(self, idx: torch.Tensor, split: str = "train"):
         from lowbit.data import normalize
 
         ds = self.train if split == "train" else self.test
-        return normalize(ds.images[idx], self.train.mean, self.train.std), ds.labels[idx]  # (B, C, H, W), (B,)
+        x = normalize(ds.images[idx].to(self.device), self.train.mean, self.train.std)  # (B, C, H, W)
+        return x, ds.labels[idx].to(self.device)  # (B,)
 
 
 @torch.no_grad()
@@ -156,7 +158,8 @@ def run_bn_smoothness(
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    data = _Data(config, data_dir)
+    device = torch.device(config.device)
+    data = _Data(config, data_dir, device)
     num_classes, in_channels = data.train.num_classes, data.train.in_channels
     t = config.train
     etas = step_sizes(t.lr, config.probe.eta_range, config.probe.num_steps, config.probe.spacing)
@@ -164,7 +167,7 @@ def run_bn_smoothness(
 
     # ---- 1. probed training, both models in lock-step on the same batches
     start = time.perf_counter()
-    models = {bn: build_bn_model(config.model, bn, num_classes, in_channels, config.seed) for bn in (False, True)}
+    models = {bn: build_bn_model(config.model, bn, num_classes, in_channels, config.seed).to(device) for bn in (False, True)}
     if log:
         n_params = {bn: sum(p.numel() for p in m.parameters()) for bn, m in models.items()}
         log(
@@ -240,7 +243,7 @@ def run_bn_smoothness(
     runs = [(lr, bn) for lr in b.lrs for bn in (False, True)]
     bar = tqdm(total=len(runs) * b.steps, desc="bn-smoothness: lr band", disable=not progress or not runs, leave=False)
     for lr, bn in runs:
-        model = build_bn_model(config.model, bn, num_classes, in_channels, config.seed)
+        model = build_bn_model(config.model, bn, num_classes, in_channels, config.seed).to(device)
         opt = _optimizer(b.optimizer, model.parameters(), lr, b.momentum, t.weight_decay)
         batches = batch_indices(len(data.train), config.data.batch_size, config.seed)
         previous: Optional[List[torch.Tensor]] = None

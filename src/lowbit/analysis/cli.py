@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--force", action="store_true",
                        help="with --resume: accept a config.yaml edited since the run started")
         p.add_argument("--data-dir", default=None, help="folder with the data set archives (default: $LOWBIT_DATA, else ./data)")
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides the config's device")
         p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
 
@@ -42,12 +43,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--resume takes the run's own config.yaml: give no config file or overrides with it")
     if args.force and not args.resume:
         raise ValueError("--force only applies to --resume RUN_DIR (it accepts an edited config.yaml)")
-    config = None if args.resume else load_analysis_config(args.analysis, config_path, overrides)
+    device_override = [f"device={args.device}"] if args.device else []
+    config = None if args.resume else load_analysis_config(args.analysis, config_path, overrides + device_override)
     prefix = f"lowbit analyze {args.analysis}"
     log = None if args.quiet else (lambda line: print(f"{prefix}: {line}", file=sys.stderr))
     run_dir = run_analysis(
         args.analysis, config, resume=args.resume, runs_dir=args.runs_dir, data_dir=args.data_dir,
-        progress=not args.quiet, log=log, force=args.force,
+        progress=not args.quiet, log=log, force=args.force, device=args.device if args.resume else None,
     )  # fmt: skip
     seconds = yaml.safe_load((run_dir / SUMMARY_FILE).read_text())["seconds_total"]
     print(f"{prefix}: done in {seconds:.0f} s; report: {run_dir / 'report.md'}", file=sys.stderr)

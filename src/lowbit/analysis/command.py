@@ -7,6 +7,7 @@ cell (``lowbit.sweep``) and a run by hand make the same run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import yaml
 
 from lowbit.config import load_config
+from lowbit.devices import resolve_device, set_tf32
 from lowbit.registry import UnknownNameError, unknown_name_message
 from lowbit.runs import (
     atomic_write_text,
@@ -88,6 +90,7 @@ def run_analysis(
     progress: bool = True,
     log: Optional[Callable[[str], None]] = None,
     force: bool = False,
+    device: Optional[str] = None,
 ) -> Path:
     """Run the analysis ``name`` on ``config`` into a run directory; return it.
 
@@ -96,7 +99,8 @@ def run_analysis(
     disk) to run again, from its own ``config.yaml`` and into the same folder;
     analyses are deterministic, so it ends as an uninterrupted run would. (An
     analysis has no checkpoints: it starts over, its outputs are replaced.) A
-    ``config.yaml`` edited since the run started is refused unless ``force``.
+    ``config.yaml`` edited since the run started is refused unless ``force``
+    (``device``, the ``--device`` flag, may change on resume).
     Every check of :mod:`lowbit.analysis.preflight` runs before the run directory
     is made. Writes ``config.yaml``, ``meta.yaml``, the analysis' records and
     plots, ``summary.yaml`` and ``report.md``.
@@ -116,12 +120,16 @@ def run_analysis(
             raise FileNotFoundError(f"{str(run_dir)!r} has no config.yaml: is it a run directory of `lowbit analyze {name}`?")
         hold_run_lock(run_dir)
         config = load_config(config_class, run_dir / "config.yaml")
-        check_resume_config(run_dir, config, started_config(run_dir), f"analyze {name}", force=force)
+        if device is not None:
+            config = dataclasses.replace(config, device=device)
+        check_resume_config(run_dir, config, started_config(run_dir), f"analyze {name}", changeable=("device",), force=force)
+        resolve_device(config.device)  # no such device: one line, before anything is cleared
         check_analysis(name, config)
         clear_run_dir(run_dir, keep=("config.yaml",))
     else:
         if config is None:
             config = config_class()
+        resolve_device(config.device)  # no such device: one line, before the run directory exists
         check_analysis(name, config)  # before the run directory exists
         if run_dir is None:
             run_dir = create_run_dir(config.name, runs_dir)
@@ -129,6 +137,7 @@ def run_analysis(
             run_dir = prepare_run_dir(run_dir)
         hold_run_lock(run_dir)
     (Path(run_dir) / "plots").mkdir(exist_ok=True)
+    set_tf32(False)  # the landscapes and probes are compared point by point: full fp32 matmuls
     if getattr(config, "threads", None):
         torch.set_num_threads(config.threads)
     write_run_files(run_dir, config)

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional
 
+from lowbit.devices import check_device_name
+
 __all__ = [
     "AttributionConfig",
     "BNModelSpec",
@@ -55,6 +57,14 @@ QUICK_LENET = [
     "run.epochs=8",
     "run.tensorboard=false",
 ]
+
+
+def _device_errors(device: str) -> List[str]:
+    try:
+        check_device_name(device)
+    except ValueError as error:
+        return [str(error)]
+    return []
 
 
 def _raise(errors: List[str]) -> None:
@@ -185,6 +195,10 @@ class BNSmoothnessConfig:
     probe: ProbeSpec = field(default_factory=ProbeSpec)
     lr_band: LrBandSpec = field(default_factory=LrBandSpec)
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
+    device: str = "cpu"  # cpu | cuda | cuda:N: where both models train and are probed
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device)
 
 
 # --------------------------------------------------------------------------- shared by landscape / attribution / weights
@@ -296,6 +310,10 @@ class LandscapeConfig:
     log_scale: bool = True  # contour levels and surface height on a log scale (losses span decades)
     max_loss: Optional[float] = None  # clip the plotted loss at this value (diverged edges); None: no clipping
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
+    device: str = "cpu"  # cpu | cuda | cuda:N: where the grid is evaluated (and a source model trained)
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device)
 
 
 # --------------------------------------------------------------------------- attribution
@@ -313,11 +331,12 @@ class AttributionConfig:
     # integrated gradients baseline: "black" (raw pixel 0, normalised) or "mean" (0 after normalisation)
     ig_baseline: Literal["black", "mean"] = "black"
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
+    device: str = "cpu"  # cpu | cuda | cuda:N: where the attributions are computed (and a source model trained)
 
     def __post_init__(self) -> None:
         from lowbit.registry import nearest
 
-        errors = []
+        errors = _device_errors(self.device)
         unknown = [m for m in self.methods if m not in ATTRIBUTION_METHODS]
         for m in unknown:
             hint = nearest(m, ATTRIBUTION_METHODS)
@@ -358,9 +377,10 @@ class WeightsConfig:
     pad: int = 0  # NaN rows/columns between conv tiles
     data_dir: Optional[str] = None
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
+    device: str = "cpu"  # cpu | cuda | cuda:N: where the compared models train (the pictures are drawn on the CPU)
 
     def __post_init__(self) -> None:
-        errors = []
+        errors = _device_errors(self.device)
         if not self.checkpoints and not self.train:
             errors.append("give checkpoints {label: run dir} or train {label: [overrides]}, got neither")
         if not self.layers:

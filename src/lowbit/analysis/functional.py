@@ -61,11 +61,12 @@ def buffers_of(model: nn.Module) -> Tree:
 
 @contextlib.contextmanager
 def forked_rng(seed: Optional[int]) -> Iterator[None]:
-    """Run the block with torch's CPU RNG seeded with ``seed``, restoring it after; no-op for None."""
+    """Run the block with torch's RNG seeded with ``seed`` (CPU and current CUDA device), restoring it after; no-op for None."""
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []  # the CUDA stream too
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 

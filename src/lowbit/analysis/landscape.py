@@ -115,7 +115,7 @@ def _chunk_weights(
         moved = w.unsqueeze(0).expand((coords.shape[0],) + tuple(w.shape)).clone()  # (C, *shape)
         for k, d in enumerate(directions):
             if name in d:
-                c = coords[:, k].to(w.dtype).reshape((-1,) + (1,) * w.dim())  # (C, 1, ...)
+                c = coords[:, k].to(device=w.device, dtype=w.dtype).reshape((-1,) + (1,) * w.dim())  # (C, 1, ...)
                 moved += c * d[name].unsqueeze(0)
         out[name] = moved
     return out
@@ -197,8 +197,8 @@ def evaluate_affine(
                 logits = functional_call(work, ({**still, **weights},), (x,))  # (B, classes)
                 return loss_fn(logits, y, reduction="sum"), (logits.argmax(-1) == y).sum()
 
-            loss_sum = torch.zeros(c.shape[0], dtype=torch.float64)
-            correct = torch.zeros(c.shape[0], dtype=torch.float64)
+            loss_sum = torch.zeros(c.shape[0], dtype=torch.float64, device=images.device)
+            correct = torch.zeros(c.shape[0], dtype=torch.float64, device=images.device)
             for s in range(0, n, batch_size):
                 xb, yb = images[s : s + batch_size], labels[s : s + batch_size]
                 if vmap_points:
@@ -208,8 +208,8 @@ def evaluate_affine(
                     l, k = torch.stack([v[0] for v in sums]), torch.stack([v[1] for v in sums])  # (C,), (C,)
                 loss_sum += l.double()
                 correct += k.double()
-            losses[start : start + c.shape[0]] = loss_sum / n
-            accs[start : start + c.shape[0]] = correct / n
+            losses[start : start + c.shape[0]] = (loss_sum / n).cpu()
+            accs[start : start + c.shape[0]] = (correct / n).cpu()
     return losses, accs
 
 

@@ -32,7 +32,7 @@ LANDSCAPE_FILE = "landscape.csv"
 INTERPOLATION_FILE = "interpolation.csv"
 
 
-def _end_state(which: str, trained: Any, data_dir: Optional[str]) -> Dict[str, torch.Tensor]:
+def _end_state(which: str, trained: Any, data_dir: Optional[str], device: str) -> Dict[str, torch.Tensor]:
     """The weights (and buffers) named by an interpolation end: init, final, or a checkpoint path."""
     from lowbit.analysis.source import load_trained
 
@@ -40,7 +40,7 @@ def _end_state(which: str, trained: Any, data_dir: Optional[str]) -> Dict[str, t
         return model_state(trained.initial)
     if which == "final":
         return model_state(trained.model)
-    other = load_trained(which, data_dir)
+    other = load_trained(which, data_dir, device)
     mine, theirs = model_state(trained.model), model_state(other.model)
     if {k: tuple(v.shape) for k, v in mine.items()} != {k: tuple(v.shape) for k, v in theirs.items()}:
         raise ValueError(f"interpolation end {which!r} is a different architecture from the source model")
@@ -60,7 +60,7 @@ def run_landscape(
 
     run_dir = Path(run_dir)
     data_dir = data_dir or config.source.data_dir  # the command line's --data-dir wins over the config
-    trained = obtain_model(config.source, run_dir, data_dir=data_dir, progress=progress, log=log)
+    trained = obtain_model(config.source, run_dir, data_dir=data_dir, progress=progress, log=log, device=config.device)
     e = config.eval
     images, labels = trained.images(e.split, limit=e.num_images)  # (N, C, H, W), (N,)
     bn_images = trained.images("train", limit=e.bn_batches * e.batch_size)[0] if e.bn == "recompute" else None
@@ -105,8 +105,8 @@ def run_landscape(
     if config.interpolation.enabled:
         start = time.perf_counter()
         i = config.interpolation
-        a = _end_state(i.start, trained, data_dir)
-        b = _end_state(i.end, trained, data_dir)
+        a = _end_state(i.start, trained, data_dir, config.device)
+        b = _end_state(i.end, trained, data_dir, config.device)
         # eval mode: the running statistics move along with the weights, so each end keeps its own
         names = list(a) if e.bn == "eval" else [n for n, _ in model.named_parameters()]
         direction = state_difference(a, b, names)

@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from lowbit.devices import resolve_device
+
 __all__ = ["TrainedModel", "describe", "load_trained", "obtain_model", "quick_train", "resolve_checkpoint"]
 
 PathLike = Union[str, Path]
@@ -78,8 +80,8 @@ class TrainedModel:
         return images[torch.as_tensor(list(indices), dtype=torch.long)]
 
 
-def load_trained(checkpoint: PathLike, data_dir: Optional[str] = None) -> TrainedModel:
-    """Rebuild the model and data of a ``lowbit train`` checkpoint on the CPU."""
+def load_trained(checkpoint: PathLike, data_dir: Optional[str] = None, device: str = "cpu") -> TrainedModel:
+    """Rebuild the model and data of a ``lowbit train`` checkpoint on ``device``."""
     from lowbit.config import from_dict
     from lowbit.train import TrainConfig, build, load_checkpoint
 
@@ -90,11 +92,11 @@ def load_trained(checkpoint: PathLike, data_dir: Optional[str] = None) -> Traine
     config = from_dict(TrainConfig, state["config"])
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(data_dir)))
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, device="cpu"))
-    setup = build(config, torch.device("cpu"))  # seeds torch with run.seed right before creating the model
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, device=device))
+    setup = build(config, resolve_device(device))  # seeds torch with run.seed right before creating the model
     initial = setup.model.eval()
     model = copy.deepcopy(initial)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"])  # copies the checkpoint's CPU tensors onto the model's device
     return TrainedModel(model=model.eval(), initial=initial, train_config=config, checkpoint=path, setup=setup)
 
 
@@ -104,15 +106,19 @@ def quick_train(
     *,
     train_config: Optional[PathLike] = None,
     data_dir: Optional[str] = None,
+    device: Optional[str] = None,
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
 ) -> Path:
-    """Train ``train_config`` (a YAML; default ``TrainConfig()``) + ``overrides`` into ``run_dir``; return its checkpoint."""
+    """Train ``train_config`` (a YAML; default ``TrainConfig()``) + ``overrides`` into ``run_dir``; return its checkpoint.
+
+    ``device`` (if given) replaces the recipe's ``run.device``.
+    """
     from lowbit.config import load_config
     from lowbit.train import TrainConfig, train
 
     config = load_config(TrainConfig, train_config, list(overrides))
-    out = train(config, run_dir=run_dir, data_dir=data_dir, progress=progress, log=log)
+    out = train(config, run_dir=run_dir, data_dir=data_dir, device=device, progress=progress, log=log)
     return resolve_checkpoint(out)
 
 
@@ -124,8 +130,9 @@ def obtain_model(
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
     subdir: str = "source-train",
+    device: str = "cpu",
 ) -> TrainedModel:
-    """The model of ``source`` (a :class:`~lowbit.analysis.config.SourceSpec`), training one if needed."""
+    """The model of ``source`` (a :class:`~lowbit.analysis.config.SourceSpec`) on ``device``, training one if needed."""
     data_dir = data_dir or source.data_dir  # the command line's --data-dir wins over the config
     checkpoint = source.checkpoint
     if checkpoint is None:
@@ -136,9 +143,9 @@ def obtain_model(
             )
         checkpoint = quick_train(
             source.train_overrides, Path(run_dir) / subdir, train_config=source.train_config,
-            data_dir=data_dir, progress=progress, log=log,
+            data_dir=data_dir, device=device, progress=progress, log=log,
         )  # fmt: skip
-    return load_trained(checkpoint, data_dir)
+    return load_trained(checkpoint, data_dir, device)
 
 
 def describe(trained: TrainedModel) -> Dict[str, Any]:

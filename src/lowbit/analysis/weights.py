@@ -89,7 +89,8 @@ def run_weights(
             for label, o in config.train.items()
         }
     models = {
-        label: obtain_model(src, run_dir, data_dir=data_dir, progress=progress, log=log, subdir=f"train-{label}")
+        label: obtain_model(src, run_dir, data_dir=data_dir, progress=progress, log=log, subdir=f"train-{label}",
+                            device=config.device)
         for label, src in sources.items()
     }
     start = time.perf_counter()
@@ -100,7 +101,7 @@ def run_weights(
         weights: Dict[str, torch.Tensor] = {}
         for label, trained in models.items():
             param = resolve_layer(trained.model, layer)
-            weights[label] = dict(trained.model.named_parameters())[param].detach()
+            weights[label] = dict(trained.model.named_parameters())[param].detach().cpu()  # pictures: on the CPU
             cfg = trained.train_config
             writer.write(
                 {

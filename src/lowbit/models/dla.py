@@ -102,6 +102,7 @@ class DLA(nn.Module):
         w = check_width(width)
         make_activation(act)  # validate the name before building anything
         self.input_shape = (in_channels, 32, 32)
+        self.min_input_size = 8  # three stride-2 trees (lowbit.models.fit)
         self.base = conv_bn_act(in_channels, w, 3, act=act)
         self.layer1 = conv_bn_act(w, w, 3, act=act)
         self.layer2 = conv_bn_act(w, 2 * w, 3, act=act)

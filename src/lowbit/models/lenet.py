@@ -45,6 +45,7 @@ class LeNet5(nn.Module):
         size = _after_conv_pool(_after_conv_pool(input_size + 2 * padding))  # after S4
         size = size - 4  # after C5 (5x5 valid)
         self.input_shape = (in_channels, input_size, input_size)
+        self.fixed_input_size = True  # F6's width is computed for input_size
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=padding)
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.conv3 = nn.Conv2d(16, 120, 5)

@@ -81,6 +81,9 @@ class ResNet(nn.Module):
         max_dropout = check_max_dropout(max_dropout)
         make_activation(act)  # validate the name before building anything
         self.input_shape = (in_channels, 32, 32)
+        # Total downsampling (lowbit.models.fit): the 7x7 stem /4, then three stride-2 stages.
+        self.stem_name, self.small_stem = stem, "3x3"
+        self.min_input_size = 32 if str(stem).replace(" ", "") == "7x7" else 8
         self.stem = make_stem(stem, in_channels, width, act)  # (N, w, 32, 32); 8x8 for "7x7"
         stages = []
         channels = width

@@ -92,6 +92,9 @@ class ResNet9(nn.Module):
         make_activation(act)  # validate the name before building anything
         c0, c1, c2, c3 = (max(1, round(c * width_mult)) for c in BASE_CHANNELS)
         self.input_shape = (in_channels, 32, 32)
+        # Total downsampling (lowbit.models.fit): three 2x2 max pools, and /4 more with the 7x7 stem.
+        self.stem_name, self.small_stem = stem, "3x3"
+        self.min_input_size = 32 if str(stem).replace(" ", "") == "7x7" else 8
 
         def residual(channels: int) -> Residual:
             if bottleneck:

@@ -29,7 +29,30 @@ Precision accounting (Larq's conventions):
   inputs -> 32-bit MACs. Pooling, BatchNorm and activations count no MACs.
 - Units: memory per layer in kB, totals in MB, with 1 kB = 1024 bytes and 1 MB =
   2^20 bytes (Larq's kB; the notes' "MB" of a model file). Buffers (BatchNorm
-  running statistics) are not parameters and are not counted.
+  running statistics) are not parameters and are not counted in ``params`` or
+  ``memory_bytes``.
+
+Larq's figures, beside lowbit's own (docs/models.md compares them model by
+model). Keras stores a BatchNorm layer's moving mean and variance as
+*non-trainable weights*, and Larq's ``lq.models.summary`` and larq-zoo's
+documentation count them; PyTorch keeps them as buffers. Every BatchNorm module
+is therefore a row here, whether or not it has affine parameters, and:
+
+- ``non_trainable_params``: BatchNorm running mean + variance (2 per channel)
+  plus parameters with ``requires_grad=False`` -- Keras's "Non-trainable params".
+- ``params_with_statistics`` = ``params`` + BatchNorm statistics -- Keras's
+  ``count_params()``, Larq's "Total params" and larq-zoo's "Parameters".
+- ``fused_params_by_bits`` / ``fused_memory_bytes``: the per-layer counts of
+  Larq's summary table and its "Model size", where a BatchNorm layer counts
+  exactly 2 x 32-bit values per channel whatever its affine flags (at inference
+  it is one scale and one offset per channel: Larq pops gamma and beta, fused
+  into the moving variance and mean).
+- ``memory_with_statistics_bytes`` = ``memory_bytes`` + 4 bytes per BatchNorm
+  statistic -- larq-zoo's docstring "Memory" column (every Keras weight at its
+  stored precision).
+
+MACs follow the same rules in both (Larq counts Conv, Dense and depthwise
+Conv, at the larger of the input and weight precision).
 """
 
 from __future__ import annotations
@@ -39,6 +62,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from lowbit.nn import FLOAT_BITS, quantizer_bits
@@ -76,6 +100,16 @@ class _SizeAndMacs:
     def macs(self) -> int:
         return sum(self.macs_by_bits.values())
 
+    @property
+    def fused_memory_bytes(self) -> float:
+        """Memory with every BatchNorm as 2 x 32-bit values per channel (Larq's "Model size"), bytes."""
+        return bits_to_bytes(self.fused_params_by_bits)
+
+    @property
+    def memory_with_statistics_bytes(self) -> float:
+        """Memory of the parameters plus the BatchNorm statistics at 32 bits (larq-zoo's "Memory"), bytes."""
+        return self.memory_bytes + self.bn_statistics * FLOAT_BITS / 8
+
 
 @dataclass
 class LayerSummary(_SizeAndMacs):
@@ -89,6 +123,19 @@ class LayerSummary(_SizeAndMacs):
     weight_bits: Optional[int] = None  # Conv/Linear only
     input_bits: Optional[int] = None  # Conv/Linear only
     macs_by_bits: Dict[int, int] = field(default_factory=dict)  # MAC precision -> MACs per example
+    bn_channels: Optional[int] = None  # BatchNorm rows: num_features
+
+    @property
+    def bn_statistics(self) -> int:
+        """BatchNorm running mean + variance (Keras's non-trainable weights): 2 per channel; 0 for other rows."""
+        return 2 * self.bn_channels if self.bn_channels else 0
+
+    @property
+    def fused_params_by_bits(self) -> Dict[int, int]:
+        """Larq's per-layer count: a BatchNorm is 2 x 32-bit values per channel; other rows as ``params_by_bits``."""
+        if self.bn_channels is not None:
+            return {FLOAT_BITS: 2 * self.bn_channels}
+        return dict(self.params_by_bits)
 
     @property
     def memory_kb(self) -> float:
@@ -110,11 +157,38 @@ class ModelSummary(_SizeAndMacs):
     trainable_params: int
     params_by_bits: Dict[int, int]
     macs_by_bits: Dict[int, int]
+    bn_statistics: int = 0  # BatchNorm running mean + variance entries (buffers; Keras: non-trainable weights)
+    fused_params_by_bits: Dict[int, int] = field(default_factory=dict)  # Larq's table: BatchNorm as 2 per channel
 
     @property
     def memory_mb(self) -> float:
         """Memory of the parameters at their stored precisions, in MB (2^20 bytes)."""
         return self.memory_bytes / BYTES_PER_MB
+
+    @property
+    def params_with_statistics(self) -> int:
+        """Parameters plus BatchNorm statistics: Keras's ``count_params()``, Larq's "Total params"."""
+        return self.params + self.bn_statistics
+
+    @property
+    def non_trainable_params(self) -> int:
+        """BatchNorm statistics plus frozen parameters: Keras's "Non-trainable params"."""
+        return self.bn_statistics + self.params - self.trainable_params
+
+    @property
+    def fused_memory_mb(self) -> float:
+        """Larq's "Model size" in MB (2^20 bytes): BatchNorm as 2 x 32 bits per channel."""
+        return self.fused_memory_bytes / BYTES_PER_MB
+
+    @property
+    def memory_with_statistics_mb(self) -> float:
+        """larq-zoo's "Memory" in MB (2^20 bytes): parameters plus BatchNorm statistics at 32 bits."""
+        return self.memory_with_statistics_bytes / BYTES_PER_MB
+
+    @property
+    def binary_mac_ratio(self) -> float:
+        """Fraction of the MACs at 1 bit (Larq's "Ratio of MACs that are binarized")."""
+        return self.macs_by_bits.get(1, 0) / self.macs if self.macs else 0.0
 
     @property
     def is_quantized(self) -> bool:
@@ -161,7 +235,8 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
             quantized_prefixes.append(f"{name}." if name else "")
         own = list(module.named_parameters(recurse=quantized))
         is_compute = isinstance(module, (_ConvNd, nn.Linear))
-        if not own and not quantized and not is_compute:
+        is_bn = isinstance(module, _BatchNorm)
+        if not own and not quantized and not is_compute and not is_bn:
             continue
         weight_bits = input_bits = None
         if quantized:
@@ -179,7 +254,14 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
             _add(params_by_bits, bits, param.numel())
             count += param.numel()
         rows[name] = LayerSummary(
-            name or "(model)", type(module).__name__, None, count, params_by_bits, weight_bits, input_bits
+            name or "(model)",
+            type(module).__name__,
+            None,
+            count,
+            params_by_bits,
+            weight_bits,
+            input_bits,
+            bn_channels=module.num_features if is_bn and module.track_running_stats else None,
         )
         modules[name] = module
 
@@ -216,10 +298,13 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
     never_called = len(call_order)
     layers = [rows[name] for name in sorted(rows, key=lambda name: call_order.get(name, never_called))]
     params_by_bits: Dict[int, int] = {}
+    fused_params_by_bits: Dict[int, int] = {}
     macs_by_bits: Dict[int, int] = {}
     for row in layers:
         for bits, n in row.params_by_bits.items():
             _add(params_by_bits, bits, n)
+        for bits, n in row.fused_params_by_bits.items():
+            _add(fused_params_by_bits, bits, n)
         for bits, n in row.macs_by_bits.items():
             _add(macs_by_bits, bits, n)
     distinct = {id(p): p for p in model.parameters()}
@@ -227,6 +312,7 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
     missing = sum(p.numel() for i, p in distinct.items() if i not in seen)
     if missing:
         _add(params_by_bits, FLOAT_BITS, missing)
+        _add(fused_params_by_bits, FLOAT_BITS, missing)
     return ModelSummary(
         name=type(model).__name__,
         input_shape=input_shape,
@@ -235,6 +321,8 @@ def summary(model: nn.Module, input_shape: Sequence[int]) -> ModelSummary:
         trainable_params=sum(p.numel() for p in distinct.values() if p.requires_grad),
         params_by_bits=params_by_bits,
         macs_by_bits=macs_by_bits,
+        bn_statistics=sum(row.bn_statistics for row in layers),
+        fused_params_by_bits=fused_params_by_bits,
     )
 
 
@@ -294,6 +382,12 @@ def format_summary(s: ModelSummary) -> str:
         lines.append(f"Model memory: {s.memory_mb:.2f} MB ({by_bits}); compression {s.fp32_mb / s.memory_mb:.2f}x")
     macs = ", ".join(f"{b}-bit {format_count(n)}" for b, n in sorted(s.macs_by_bits.items())) or "none"
     lines.append(f"MACs: {format_count(s.macs)} ({macs})")
+    if s.bn_statistics:
+        lines.append(
+            f"Larq/Keras convention: {s.params_with_statistics:,} params with {s.bn_statistics:,} BatchNorm "
+            f"statistics ({s.non_trainable_params:,} non-trainable); model size {s.fused_memory_mb:.2f} MB with "
+            f"BatchNorm fused to 2 values per channel, {s.memory_with_statistics_mb:.2f} MB with the statistics"
+        )
     return "\n".join(lines)
 
 

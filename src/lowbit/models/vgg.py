@@ -33,6 +33,7 @@ class VGG(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, bn: bool = False, config=VGG_A_CONFIG) -> None:
         super().__init__()
         self.input_shape = (in_channels, 32, 32)
+        self.fixed_input_size = True  # the classifier expects 1x1 maps after five pools
         layers: List[nn.Module] = []
         channels = in_channels
         for item in config:

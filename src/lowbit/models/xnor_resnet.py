@@ -90,6 +90,7 @@ class XnorResNet18(nn.Module):
         make_quantizer(act)
         make_quantizer(weight_quantizer)
         self.input_shape = (in_channels, 32, 32)
+        self.min_input_size = 8  # three stride-2 stages (lowbit.models.fit)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),  # (N, w, 32, 32), float
             nn.BatchNorm2d(width),

@@ -2,8 +2,8 @@
 
 >>> layer = BinaryConv2d(16, 32, 3, padding=1)          # sign inputs, XNOR weights
 >>> layer = BinaryLinear(64, 10, input_quantizer={"name": "ste_clipped", "clip": 0.5})
->>> layer = QuantConv2d(16, 32, 3, weight_bits=4, act_bits=4)
->>> model = binarize(float_model)                       # first and last layer stay float
+>>> layer = QuantConv2d(16, 32, 3, w_bits=4, a_bits=4)
+>>> converted = binarize(float_model, exclude=["layer4"])  # first and last layer stay float; returns the names
 
 Quantizers are given by spec: a ``lowbit.quant`` registry name, a dict
 ``{"name": ..., **params}``, a module, or None (float). The binary and k-bit
@@ -13,7 +13,15 @@ weight; ``input_quantizer`` / ``weight_quantizer`` are submodules.
 
 from __future__ import annotations
 
-from lowbit.nn.binary import BinaryConv2d, BinaryLinear, QuantizedWeightLayer
+from lowbit.nn.binary import (
+    BinaryConv2d,
+    BinaryLinear,
+    QuantizedWeightLayer,
+    binary_weight_parts,
+    is_sign_quantizer,
+    set_exact_eval,
+)
+from lowbit.nn.binary_conv import BinaryConv1d, BinaryConvTranspose2d
 from lowbit.nn.convert import binarize
 from lowbit.nn.dropout import MaxDropout, max_dropout
 from lowbit.nn.quantized import QuantConv2d, QuantLinear, SignedUniformActivation, signed_uniform_quantize
@@ -27,6 +35,16 @@ from lowbit.nn.quantize_model import (
     storage_table,
 )
 from lowbit.nn.quantized import LowBitTrainingLayer
+from lowbit.nn.latent import (
+    binary_layers,
+    binary_weights,
+    check_weight_clip,
+    clip_latent_weights_,
+    is_binary_layer,
+    set_weight_clip,
+)
+from lowbit.nn.select import select_modules, select_parameters
+from lowbit.nn.sign_inputs import DeadSignWarning, constant_quantized_inputs, nonnegative_inputs
 from lowbit.nn.spec import (
     FLOAT_BITS,
     QuantizerSpec,
@@ -38,7 +56,10 @@ from lowbit.nn.spec import (
 
 __all__ = [
     "FLOAT_BITS",
+    "BinaryConv1d",
     "BinaryConv2d",
+    "BinaryConvTranspose2d",
+    "DeadSignWarning",
     "BinaryLinear",
     "MaxDropout",
     "QuantConv2d",
@@ -47,11 +68,24 @@ __all__ = [
     "QuantizerSpec",
     "SignedUniformActivation",
     "binarize",
+    "binary_layers",
+    "binary_weight_parts",
+    "binary_weights",
+    "check_weight_clip",
+    "clip_latent_weights_",
+    "constant_quantized_inputs",
+    "is_binary_layer",
+    "is_sign_quantizer",
+    "nonnegative_inputs",
+    "select_modules",
+    "select_parameters",
+    "set_weight_clip",
     "fresh_quantizer",
     "make_quantizer",
     "max_dropout",
     "quantizer_bits",
     "quantizer_name",
+    "set_exact_eval",
     "signed_uniform_quantize",
     # low-bit training (quantize_model.py)
     "QUANT_CONFIG_KEYS",

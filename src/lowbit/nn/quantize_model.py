@@ -137,6 +137,14 @@ def apply_quant_config(model: nn.Module, quant: Optional[Mapping[str, Any]]) -> 
             suggestion = f" (did you mean {hint!r}?)" if hint else ""
             errors.append(f"unknown quant key {key!r}{suggestion}; valid keys: {', '.join(QUANT_CONFIG_KEYS)}")
     options = {key: value for key, value in quant.items() if key in QUANT_CONFIG_KEYS}
+    one_bit = [key for key in ("w_bits", "a_bits") if options.get(key) == 1 and not isinstance(options[key], bool)]
+    if one_bit:  # the usual first try at a binary network from a config
+        errors.append(
+            f"{', '.join(f'quant.{k}=1' for k in one_bit)}: 1-bit weights or activations are binary layers, which "
+            "quant: (k-bit W/A/G/E training, bits >= 2) does not build; use the binarize: section instead, e.g. "
+            "binarize: {input_quantizer: ste_sign, weight_quantizer: xnor_weight} (docs/training.md)"
+        )
+        options = {k: v for k, v in options.items() if k not in one_bit}
     if not isinstance(options.get("keep_first_last", False), bool):
         errors.append(f"keep_first_last must be a bool, got {options['keep_first_last']!r}")
     if isinstance(options.get("clip_fractions"), list):
@@ -156,10 +164,10 @@ def apply_quant_config(model: nn.Module, quant: Optional[Mapping[str, Any]]) -> 
 
 
 def _layer_options(options: Mapping[str, Any]) -> Dict[str, Any]:
-    """quantize_model's keywords as layer keywords, validated together by building a layer on meta."""
-    renamed = {{"w_bits": "weight_bits", "a_bits": "act_bits"}.get(k, k): v for k, v in options.items()}
-    QuantLinear(1, 1, device="meta", **renamed)  # raises ValueError naming every bad option
-    return renamed
+    """quantize_model's keywords as layer keywords (the same names), validated together by building a layer on meta."""
+    options = dict(options)
+    QuantLinear(1, 1, device="meta", **options)  # raises ValueError naming every bad option
+    return options
 
 
 # --- storage -------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     y = Q_w(W) . Q_a(x) + b
 
-- ``Q_w`` is ``uniform_weight(bits=weight_bits)`` from ``lowbit.quant``
+- ``Q_w`` is ``uniform_weight(bits=w_bits)`` from ``lowbit.quant``
   (deterministic rounding; pass ``stochastic_weights=True`` for stochastic).
 - ``Q_a`` is :class:`SignedUniformActivation` (defined here): the input of a
   layer in the middle of a network is signed (it follows a BatchNorm or a
@@ -21,7 +21,10 @@
   depends on the rest of its batch.
 
 Both need bits >= 2 (a symmetric grid with 0); for 1 bit use the binary layers.
-``weight_bits`` / ``act_bits`` = None (or >= 32) leaves that operand in float.
+``w_bits`` / ``a_bits`` = None (or >= 32) leaves that operand in float. These are
+the names :func:`lowbit.nn.quantize_model` and the ``quant:`` config section use
+too (with ``g_bits`` / ``e_bits``: WAGE's W, A, G, E); the former ``weight_bits`` /
+``act_bits`` keywords still work but raise a DeprecationWarning.
 
 Low-bit training (WAGE-style, ``lowbit.quant.lowbit_training``): ``g_bits`` and
 ``e_bits`` (default None = float, the behaviour above) quantize the two
@@ -48,7 +51,8 @@ turns on direction-sensitive clipping (Zhu et al. 2020), "none" uses max|g|.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import warnings
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +106,29 @@ def _check_bits(name: str, bits: Optional[int], minimum: int) -> Optional[int]:
     if bits is None:
         return None
     if isinstance(bits, bool) or not isinstance(bits, int) or bits < minimum:
-        raise ValueError(f"{name} must be None or an integer >= {minimum}, got {bits!r}")
+        binary = " (1 bit is a binary layer: use BinaryLinear / BinaryConv2d or lowbit.nn.binarize)" if bits == 1 else ""
+        raise ValueError(f"{name} must be None or an integer >= {minimum}, got {bits!r}{binary}")
     return None if bits >= FLOAT_BITS else bits
+
+
+_UNSET: Any = object()  # marks a deprecated keyword that was not passed
+
+
+def _bits_spelling(w_bits: Optional[int], a_bits: Optional[int], weight_bits: Any, act_bits: Any) -> tuple:
+    """(w_bits, a_bits), accepting the deprecated ``weight_bits`` / ``act_bits`` with a DeprecationWarning."""
+    resolved = []
+    for new, value, old, old_value in (("w_bits", w_bits, "weight_bits", weight_bits), ("a_bits", a_bits, "act_bits", act_bits)):
+        if old_value is not _UNSET:
+            warnings.warn(
+                f"{old}= is deprecated; use {new}= (the spelling of quantize_model and the quant: config)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if value != 8:  # the new keyword was set as well (to something other than its default)
+                raise TypeError(f"give {new} or its deprecated spelling {old}, not both")
+            value = old_value
+        resolved.append(value)
+    return tuple(resolved)
 
 
 def _weight_quantizer(bits: Optional[int], stochastic: bool, scale: str = "maxabs") -> Optional[nn.Module]:
@@ -133,8 +158,8 @@ class LowBitTrainingLayer:
 
     def _configure(
         self,
-        weight_bits: Optional[int],
-        act_bits: Optional[int],
+        w_bits: Optional[int],
+        a_bits: Optional[int],
         stochastic_weights: bool,
         g_bits: Optional[int],
         e_bits: Optional[int],
@@ -158,8 +183,8 @@ class LowBitTrainingLayer:
                 return None
 
         self.scale = scale
-        self.weight_bits = check(_check_bits, "weight_bits", weight_bits, 2)
-        self.act_bits = check(_check_bits, "act_bits", act_bits, 2)
+        self.w_bits = check(_check_bits, "w_bits", w_bits, 2)
+        self.a_bits = check(_check_bits, "a_bits", a_bits, 2)
         self.g_bits = check(_check_bits, "g_bits", g_bits, 2)
         self.e_bits = check(_check_bits, "e_bits", e_bits, 2)
         for name, value, choices in (
@@ -186,7 +211,7 @@ class LowBitTrainingLayer:
             raise ValueError("; ".join(errors))
 
         self._set_quantizers(  # type: ignore[attr-defined]
-            _act_quantizer(self.act_bits, scale), _weight_quantizer(self.weight_bits, stochastic_weights, scale)
+            _act_quantizer(self.a_bits, scale), _weight_quantizer(self.w_bits, stochastic_weights, scale)
         )
         backward = dict(scale=scale, clip_fractions=clip_fractions, clip_interval=clip_interval, generator=generator)
         g_options = dict(rounding=g_rounding, clip=g_clip, **backward)
@@ -207,11 +232,23 @@ class LowBitTrainingLayer:
         """QE(y): y in the forward pass; the error dL/dy is quantized in the backward pass."""
         return y if self.error_quantizer is None else self.error_quantizer(y)
 
+    @property
+    def weight_bits(self) -> Optional[int]:
+        """Deprecated: ``w_bits``."""
+        warnings.warn("weight_bits is deprecated; use w_bits", DeprecationWarning, stacklevel=2)
+        return self.w_bits
+
+    @property
+    def act_bits(self) -> Optional[int]:
+        """Deprecated: ``a_bits``."""
+        warnings.warn("act_bits is deprecated; use a_bits", DeprecationWarning, stacklevel=2)
+        return self.a_bits
+
 
 class QuantLinear(LowBitTrainingLayer, QuantizedWeightLayer, nn.Linear):
     """y = QE(Q_w(QG(W)) Q_a(x) + b) with k-bit W, A, G, E; (..., in) -> (..., out).
 
-    ``weight_bits``, ``act_bits``, ``g_bits``, ``e_bits`` >= 2, or None (also
+    ``w_bits``, ``a_bits``, ``g_bits``, ``e_bits`` >= 2, or None (also
     >= 32) for float (G and E default to float); ``.weight`` stays the latent
     float weight. See the module docstring for ``scale``, the roundings, the
     clips; ``clip_fractions`` is the direction-sensitive search grid,
@@ -225,8 +262,8 @@ class QuantLinear(LowBitTrainingLayer, QuantizedWeightLayer, nn.Linear):
         out_features: int,
         bias: bool = True,
         *,
-        weight_bits: Optional[int] = 8,
-        act_bits: Optional[int] = 8,
+        w_bits: Optional[int] = 8,
+        a_bits: Optional[int] = 8,
         stochastic_weights: bool = False,
         g_bits: Optional[int] = None,
         e_bits: Optional[int] = None,
@@ -240,11 +277,12 @@ class QuantLinear(LowBitTrainingLayer, QuantizedWeightLayer, nn.Linear):
         generator: Optional[torch.Generator] = None,
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
+        weight_bits: Optional[int] = _UNSET,  # deprecated spelling of w_bits
+        act_bits: Optional[int] = _UNSET,  # deprecated spelling of a_bits
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._configure(
-            weight_bits,
-            act_bits,
+            *_bits_spelling(w_bits, a_bits, weight_bits, act_bits),
             stochastic_weights,
             g_bits,
             e_bits,
@@ -280,8 +318,8 @@ class QuantConv2d(LowBitTrainingLayer, QuantizedWeightLayer, nn.Conv2d):
         bias: bool = True,
         padding_mode: str = "zeros",
         *,
-        weight_bits: Optional[int] = 8,
-        act_bits: Optional[int] = 8,
+        w_bits: Optional[int] = 8,
+        a_bits: Optional[int] = 8,
         stochastic_weights: bool = False,
         g_bits: Optional[int] = None,
         e_bits: Optional[int] = None,
@@ -295,6 +333,8 @@ class QuantConv2d(LowBitTrainingLayer, QuantizedWeightLayer, nn.Conv2d):
         generator: Optional[torch.Generator] = None,
         device: Optional[torch.device | str] = None,
         dtype: Optional[torch.dtype] = None,
+        weight_bits: Optional[int] = _UNSET,  # deprecated spelling of w_bits
+        act_bits: Optional[int] = _UNSET,  # deprecated spelling of a_bits
     ) -> None:
         super().__init__(
             in_channels,
@@ -310,8 +350,7 @@ class QuantConv2d(LowBitTrainingLayer, QuantizedWeightLayer, nn.Conv2d):
             dtype=dtype,
         )
         self._configure(
-            weight_bits,
-            act_bits,
+            *_bits_spelling(w_bits, a_bits, weight_bits, act_bits),
             stochastic_weights,
             g_bits,
             e_bits,

@@ -1,4 +1,7 @@
-"""Optimizers beyond torch.optim: DessiLBI (SGD and Adam flavours), its sparsity path and pruning.
+"""Optimizers beyond torch.optim: Bop and per-group optimizers for binary networks; DessiLBI and pruning.
+
+>>> optimizer = case_optimizer(model, [("binary", ["binary"], Bop)],          # Larq's CaseOptimizer
+...                            default=lambda ps: torch.optim.Adam(ps, lr=1e-2))
 
 >>> groups = dessilbi_param_groups(model)             # conv/linear weights get Z and Γ
 >>> opt = DessiLBI(groups, lr=0.05, kappa=1.0, mu=100.0)
@@ -15,6 +18,8 @@ Math, naming (the paper's ν is ``mu``) and measured results: ``docs/dessilbi.md
 
 from __future__ import annotations
 
+from lowbit.optim.bop import Bop, bop_update_
+from lowbit.optim.case import CaseOptimizer, case_optimizer
 from lowbit.optim.dessilbi import DessiLBI, dessilbi_param_groups
 from lowbit.optim.functional import (
     adam_direction,
@@ -39,10 +44,14 @@ from lowbit.optim.prune import (
 )
 
 __all__ = [
+    "Bop",
+    "CaseOptimizer",
     "DessiLBI",
     "Pruner",
     "SupportTracker",
     "adam_direction",
+    "bop_update_",
+    "case_optimizer",
     "dessilbi_param_groups",
     "dessilbi_step",
     "format_pruning_table",

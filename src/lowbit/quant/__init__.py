@@ -8,6 +8,8 @@ Create them by name:
 >>> q = get_quantizer("swish_sign", beta=5.0)
 >>> "ste_clipped" in list_sign_quantizers()
 True
+>>> type(get_quantizer("ste_sign", clip_value=0.5)).__name__   # Larq's name and keyword
+'ClippedSignSTE'
 
 Conventions: sign(0) = +1; any shape; output dtype = input dtype (float32,
 bfloat16); device-agnostic. Random quantizers (``stochastic_sign``,
@@ -25,6 +27,7 @@ from lowbit.quant.base import (
     list_sign_quantizers,
     register_quantizer,
 )
+from lowbit.quant.aliases import ALIASES, list_quantizer_aliases
 from lowbit.quant.functional import hard_sign, quantize_with_surrogate, round_half_away
 from lowbit.quant.sign import (
     ApproxSign,
@@ -67,6 +70,7 @@ from lowbit.quant.lowbit_training import (
     step_for_range,
     uniform_grid,
 )
+from lowbit.quant.windowed import WindowedApproxSign, approx_sign_window
 from lowbit.quant.weights import (
     MagnitudeAwareSign,
     XNORWeight,
@@ -83,6 +87,9 @@ __all__ = [
     "list_quantizers",
     "list_sign_quantizers",
     "register_quantizer",
+    # Larq / bitorch names (aliases.py)
+    "ALIASES",
+    "list_quantizer_aliases",
     # modules
     "ApproxSign",
     "ClippedSignSTE",
@@ -98,8 +105,10 @@ __all__ = [
     "UniformActivation",
     "UniformWeight",
     "VariantSignSTE",
+    "WindowedApproxSign",
     "XNORWeight",
     # functional forms
+    "approx_sign_window",
     "dorefa",
     "hard_sign",
     "magnitude_aware_sign",

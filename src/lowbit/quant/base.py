@@ -37,11 +37,16 @@ def register_quantizer(name: str) -> Callable[[Q], Q]:
 def get_quantizer(name: str, /, **params: Any) -> nn.Module:
     """A new quantizer module by registry name, e.g. ``get_quantizer("swish_sign", beta=5.0)``.
 
-    Raises ``lowbit.registry.UnknownNameError`` (a KeyError and a ValueError)
-    listing the valid names and the nearest match for an unknown ``name``, and
+    Larq and bitorch names are aliases (``get_quantizer("ste_sign", clip_value=0.5)``
+    is ``ste_clipped`` with clip 0.5; see :mod:`lowbit.quant.aliases`). Raises
+    ``lowbit.registry.UnknownNameError`` (a KeyError and a ValueError) listing
+    the valid names and the nearest match for an unknown ``name``, and
     ValueError quoting the value for an invalid parameter.
     """
-    return QUANTIZERS.create(name, **params)
+    from lowbit.quant.aliases import resolve_quantizer  # aliases.py imports this module
+
+    target, resolved = resolve_quantizer(name, params)
+    return QUANTIZERS.create(target, **resolved)
 
 
 def list_quantizers() -> List[str]:

@@ -63,16 +63,51 @@ def quantize_with_surrogate(
 
     Both functions must be pure torch code (no in-place ops on inputs, no
     ``.item()``) so that the generated vmap rule applies.
+
+    While ``torch.compile`` / ``torch.export`` trace a forward that needs no
+    gradient (no grad mode, or ``x`` does not require grad), this is
+    ``forward_fn(x, *aux)`` itself: the surrogate is never used there, and
+    TorchDynamo cannot trace a Function with a custom ``jvp``, so an inference
+    graph compiles whole (``fullgraph=True``).
     """
+    if torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
+        return forward_fn(x, *aux)
     return _QuantizeWithSurrogate.apply(x, forward_fn, backward_fn, *aux)
+
+
+def eager_tensor(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a plain eager tensor, so that ``out=`` kernels may write into fresh tensors.
+
+    False under ``torch.func`` transforms (vmap, grad, jvp wrap their tensors and have no
+    batching rule for ``out=`` variants), while ``torch.compile`` traces (it fuses the
+    plain form anyway) and for ``torch.fx`` proxies.
+    """
+    if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():  # e.g. a torch.fx Proxy
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 def hard_sign(x: torch.Tensor) -> torch.Tensor:
     """sign(x) in {-1, +1} with sign(0) = +1 (unlike ``torch.sign``), same dtype as ``x``.
 
-    NaN maps to -1 (``NaN >= 0`` is false).
+    NaN maps to -1 (``NaN >= 0`` is false); -0 maps to +1 (``-0 >= 0`` is true).
+    On eager float tensors this is ``ge(x, 0)`` written as 0/1 floats, times 2,
+    minus 1: a float comparison, 10-15x faster on CPU than
+    ``torch.where(x >= 0, 1, -1)`` (the form used under transforms and compile,
+    which gives the same values; BENCHMARKS.md, "Binary layers").
     """
+    if eager_tensor(x) and x.is_floating_point():
+        return torch.ge(x, 0, out=torch.empty_like(x)).mul_(2).sub_(1)
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def max_abs(x: torch.Tensor) -> torch.Tensor:
+    """max |x| over every entry (0-d), same dtype as ``x``.
+
+    The reduction names its dims, ``amax(dim=(0, ..., n-1))``: the ONNX exporter
+    has no translation for ``amax`` without ``dim``.
+    """
+    return x.abs().amax(dim=tuple(range(x.dim())))
 
 
 def round_half_away(y: torch.Tensor) -> torch.Tensor:
@@ -87,12 +122,38 @@ def round_half_away(y: torch.Tensor) -> torch.Tensor:
     magnitude = y.abs()
     whole = torch.floor(magnitude)
     rounded = whole + (magnitude - whole >= 0.5).to(y.dtype)
-    return torch.copysign(rounded, y)
+    # rounded * sign(y) equals copysign(rounded, y) in value (y = -0 gives +0 instead of -0),
+    # in ops the ONNX exporter translates (copysign decomposes to prims.signbit, which it does not).
+    return rounded * torch.sign(y)
 
 
 def pass_where(condition: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``grad`` where ``condition`` holds, 0 elsewhere (0, not grad * 0, so inf does not become NaN)."""
+    """``grad`` where ``condition`` holds, 0 elsewhere (0, not grad * 0, so inf does not become NaN).
+
+    Eager float gradients go through ``threshold_backward(grad, mask, 0.5)`` (0
+    where the 0/1 float mask is <= 0.5, ``grad`` elsewhere: a selection, like
+    ``torch.where``, which is 5x slower on CPU).
+    """
+    if eager_tensor(grad) and eager_tensor(condition) and grad.is_floating_point():
+        return torch.ops.aten.threshold_backward(grad, condition.to(grad.dtype), 0.5)
     return torch.where(condition, grad, 0.0)
+
+
+def pass_within(x: torch.Tensor, bound: float, grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` where |x| <= bound, 0 elsewhere (NaN x: 0); = ``pass_where(x.abs() <= bound, grad)``.
+
+    The eager path writes the comparison straight into a float mask (no bool
+    tensor, whose kernels are slow on CPU) and selects with ``threshold_backward``.
+    """
+    if eager_tensor(x) and eager_tensor(grad) and grad.dtype == x.dtype and x.shape == grad.shape and x.is_floating_point():
+        # One fresh tensor for the three passes (fresh large tensors cost page faults):
+        # |x|, then the 0/1 mask over it, then the selected gradient over the mask.
+        buffer = x.detach().abs()
+        torch.le(buffer, bound, out=buffer)  # 1.0 inside, 0.0 outside or NaN
+        if torch.is_grad_enabled() and grad.requires_grad:  # a double backward: keep the graph (no out=)
+            return torch.ops.aten.threshold_backward(grad, buffer, 0.5)
+        return torch.ops.aten.threshold_backward.grad_input(grad, buffer, 0.5, grad_input=buffer)
+    return pass_where(x.abs() <= bound, grad)
 
 
 def identity_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

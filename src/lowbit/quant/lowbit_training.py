@@ -65,6 +65,7 @@ from lowbit.quant.functional import (
     check_non_negative,
     check_positive,
     identity_grad,
+    max_abs,
     quantize_with_surrogate,
     round_half_away,
     uniform_noise,
@@ -105,7 +106,7 @@ def step_for_range(r: torch.Tensor, bits: int, scale: str = "maxabs") -> torch.T
 
 def grid_step(x: torch.Tensor, bits: int, scale: str = "maxabs") -> torch.Tensor:
     """The per-tensor step of ``x``'s k-bit grid from r = max|x| (0-d tensor, no gradient)."""
-    return step_for_range(x.detach().abs().amax(), bits, scale)
+    return step_for_range(max_abs(x.detach()), bits, scale)
 
 
 def is_power_of_two(s: torch.Tensor) -> torch.Tensor:
@@ -291,7 +292,7 @@ def quantize_tensor_with_step(
     elif clip == "direction":
         r = direction_clip(x_detached, bits, scale, clip_fractions)
     else:
-        r = x_detached.abs().amax().to(_working_dtype(x))
+        r = max_abs(x_detached).to(_working_dtype(x))
     step = step_for_range(r, bits, scale)
     return round_to_grid(x_detached, step, bits, rounding, generator), step, r
 

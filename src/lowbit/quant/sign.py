@@ -19,6 +19,7 @@ from lowbit.quant.functional import (
     hard_sign,
     identity_grad,
     pass_where,
+    pass_within,
     quantize_with_surrogate,
 )
 from lowbit.registry import UnknownNameError, unknown_name_message
@@ -28,12 +29,12 @@ from lowbit.registry import UnknownNameError, unknown_name_message
 
 def _clipped_grad(x: torch.Tensor, grad: torch.Tensor, clip: float) -> torch.Tensor:
     # s(x) = 1{|x| <= clip}
-    return pass_where(x.abs() <= clip, grad)
+    return pass_within(x, clip, grad)
 
 
 def _steep_grad(x: torch.Tensor, grad: torch.Tensor, slope: float) -> torch.Tensor:
     # s(x) = slope * 1{|x| <= 1/slope}, the derivative of hardtanh(slope * x)
-    return pass_where(x.abs() <= 1.0 / slope, grad * slope)
+    return pass_within(x, 1.0 / slope, grad * slope)
 
 
 def _swish_grad(x: torch.Tensor, grad: torch.Tensor, beta: float) -> torch.Tensor:
@@ -50,12 +51,12 @@ def _swish_grad(x: torch.Tensor, grad: torch.Tensor, beta: float) -> torch.Tenso
 
 def _approx_sign_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     # s(x) = (2 - 2|x|) 1{|x| <= 1}
-    return pass_where(x.abs() <= 1.0, grad * (2.0 - 2.0 * x.abs()))
+    return pass_within(x, 1.0, grad * (2.0 - 2.0 * x.abs()))
 
 
 def _vste_grad(x: torch.Tensor, grad: torch.Tensor, grad_clip: float, clip: float) -> torch.Tensor:
     # grad_x = clamp(grad, -grad_clip, grad_clip) 1{|x| <= clip}
-    return pass_where(x.abs() <= clip, grad.clamp(-grad_clip, grad_clip))
+    return pass_within(x, clip, grad.clamp(-grad_clip, grad_clip))
 
 
 # name -> (surrogate, default parameters); every parameter must be > 0.

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lowbit.quant.base import Quantizer, register_quantizer
-from lowbit.quant.functional import check_generator, pass_where, quantize_with_surrogate, uniform_noise
+from lowbit.quant.functional import check_generator, pass_within, quantize_with_surrogate, uniform_noise
+from lowbit.quant.sign import sign_ste
 
 
 def _sign_with_probability(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -18,7 +19,7 @@ def _sign_with_probability(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor
 
 
 def _clipped_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return pass_where(x.abs() <= 1.0, grad)
+    return pass_within(x, 1.0, grad)
 
 
 def stochastic_sign(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -33,7 +34,12 @@ class StochasticSign(Quantizer):
     q(x) = +1 with probability p = (1 + hardtanh(x)) / 2, else -1, so
     E[q(x)] = hardtanh(x);  dq/dx := 1{|x| <= 1} (clipped STE).
 
-    Randomness: draws come from ``generator`` (a ``torch.Generator`` on the
+    Eval mode is deterministic: q(x) = sign(x) (sign(0) = +1), the sign of
+    E[q(x)], with the same surrogate; this is how BinaryNet runs at test time,
+    and it keeps an eval-mode model a function of its input (so it compiles and
+    exports). The functional form ``stochastic_sign`` always draws.
+
+    Randomness (training mode): draws come from ``generator`` (a ``torch.Generator`` on the
     input's device) or from the global RNG if None. Under ``torch.func.vmap``
     pass ``randomness="different"`` (independent draws per sample) or
     ``"same"``; vmap's default ``"error"`` raises a RuntimeError on the draw.
@@ -47,6 +53,8 @@ class StochasticSign(Quantizer):
         self.generator = check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return sign_ste(x, "ste_clipped", clip=1.0)
         return stochastic_sign(x, self.generator)
 
 

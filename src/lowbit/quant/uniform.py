@@ -20,6 +20,7 @@ from lowbit.quant.functional import (
     check_int_at_least,
     check_positive,
     identity_grad,
+    max_abs,
     quantize_with_surrogate,
     round_half_away,
     uniform_noise,
@@ -111,7 +112,7 @@ def max_abs_scale(w: torch.Tensor, qmax: int) -> torch.Tensor:
     An all-zero tensor gets the smallest positive float32 step, so it quantizes to 0
     instead of 0/0 = NaN.
     """
-    largest = w.detach().abs().amax().to(_working_dtype(w))
+    largest = max_abs(w.detach()).to(_working_dtype(w))
     return largest.clamp_min(torch.finfo(torch.float32).tiny) / qmax
 
 

@@ -12,37 +12,55 @@ from __future__ import annotations
 from lowbit.train.checkpoint import load_checkpoint, load_matching_weights
 from lowbit.train.config import (
     AugmentConfig,
+    BinarizeConfig,
+    BopConfig,
     DataConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
+    OptimGroupConfig,
     RunConfig,
     ScheduleConfig,
     TrainConfig,
     load_train_config,
 )
+from lowbit.train.flips import FlipRatio
+from lowbit.train.distill import DistillConfig, attention_loss, distribution_loss, kd_loss
 from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, check_config, evaluate, train
 from lowbit.train.losses import build_loss, list_losses, register_loss
-from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer
+from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer, set_learning_rate
 from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
 from lowbit.train.summary import run_summary, summarize, summary_table, sweep_table, write_train_report
+from lowbit.train.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
+from lowbit.train.surrogate_schedule import SurrogateScheduleConfig, schedule_value
 
 __all__ = [
     "AugmentConfig",
+    "BinarizeConfig",
+    "BopConfig",
     "DataConfig",
+    "FlipRatio",
+    "DistillConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
+    "OptimGroupConfig",
     "RunConfig",
     "ScheduleConfig",
+    "SurrogateScheduleConfig",
+    "SyncBatchNorm",
     "TrainConfig",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "attention_loss",
     "build",
     "build_loss",
     "check_config",
+    "convert_sync_batchnorm",
     "build_optimizer",
+    "distribution_loss",
     "evaluate",
+    "kd_loss",
     "list_losses",
     "load_train_config",
     "list_optimizers",
@@ -54,6 +72,8 @@ __all__ = [
     "register_optimizer",
     "register_schedule",
     "run_summary",
+    "set_learning_rate",
+    "schedule_value",
     "summarize",
     "summary_table",
     "sweep_table",

@@ -4,6 +4,7 @@
     lowbit train configs/train-digits-xnor.yaml
     lowbit train configs/train-xnor-resnet18-cifar10.yaml model.width=96 optim.weight_decay=1e-5
     lowbit train --resume runs/lenet5-digits-20240101-120000
+    torchrun --nproc_per_node 2 -m lowbit train configs/train-digits.yaml   # one run, two processes
 
 Ctrl-C (or SIGTERM) saves a checkpoint at the next step and exits with 130;
 ``--resume`` continues it exactly.
@@ -12,6 +13,7 @@ Ctrl-C (or SIGTERM) saves a checkpoint at the next step and exits with 130;
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lowbit.cli_args import split_config_and_overrides
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the run then mixes two configs; its report no longer describes one recipe)",
     )
     parser.add_argument("--data-dir", default=None, help="folder with the data archives (default: $LOWBIT_DATA, else ./data)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override run.device")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides run.device")
     parser.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.train.summary import run_summary, summary_table
 
     config_path, overrides = split_config_and_overrides(args.config, args.overrides)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     progress = not args.quiet and sys.stderr.isatty()
     log = None if args.quiet else tqdm.write
     common = dict(data_dir=args.data_dir, device=args.device, progress=progress, log=log)
@@ -61,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             config = load_train_config(config_path, overrides)
             run_dir = train(config, runs_dir=args.runs_dir, **common)
     except TrainingInterrupted as stop:
+        if not main:
+            return 130
         print(
             f"lowbit train: interrupted; checkpoint saved at epoch {stop.epoch}, step {stop.step}. "
             f"Continue with: lowbit train --resume {stop.run_dir}",
@@ -70,8 +75,11 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as error:
         if args.debug:
             raise
-        print(f"lowbit train: {error}", file=sys.stderr)
+        if main:
+            print(f"lowbit train: {error}", file=sys.stderr)
         return 1
+    if not main:
+        return 0
     row = run_summary(run_dir)
     print(summary_table([row]))
     print(f"run directory: {run_dir}  (report: {run_dir / 'report.md'})")

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
+from lowbit.devices import check_device_name
+from lowbit.train.distill import DistillConfig
+from lowbit.train.surrogate_schedule import SurrogateScheduleConfig
+
 
 # run.grad_stats_every when unset in a run with quant: (see RunConfig)
 DEFAULT_GRAD_STATS_EVERY = 50
@@ -32,7 +36,7 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"  # cifar10 | cifar100 | mnist | digits (scikit-learn, ships with the package)
+    dataset: str = "digits"  # cifar10 | cifar100 | mnist | fashion_mnist | mnist5k | digits (scikit-learn, ships with it)
     data_dir: Optional[str] = None  # folder with the archives; None: $LOWBIT_DATA, else ./data
     image_size: Optional[int] = 32  # pixels; None: native. Digits are 8x8; LeNet-5 needs >= 28
     train_subset: Optional[int] = None  # images; the first N training images only (quick tests); None: all
@@ -66,6 +70,12 @@ class ModelConfig:
     input_size: Optional[int] = None  # image side the model is built for (lenet5: 28 | 32, default 32)
     kwargs: Dict[str, Any] = field(default_factory=dict)  # any other create_model keyword
     channels_last: bool = False  # NHWC memory layout; faster convolutions on recent GPUs
+    # under torchrun: BatchNorm statistics over the global batch (every rank's part), as one process computes
+    # them (lowbit.train.sync_batchnorm; torch's SyncBatchNorm on CUDA); false: per rank. No effect in one process
+    sync_bn: bool = False
+    # Larq's weight_clip: after every optimizer step each binary layer's latent weights are clamped to
+    # [-c, c] (lowbit.nn.latent); 1.0 matches ste_sign's gradient window |w| <= 1. None: no clipping
+    weight_clip: Optional[float] = None
 
     def __post_init__(self) -> None:
         errors = []
@@ -75,6 +85,8 @@ class ModelConfig:
             errors.append(f"model.width_mult must be > 0, got {self.width_mult}")
         if self.max_dropout is not None and not 0.0 <= self.max_dropout < 1.0:
             errors.append(f"model.max_dropout must be in [0, 1), got {self.max_dropout}")
+        if self.weight_clip is not None and not (self.weight_clip > 0 and math.isfinite(self.weight_clip)):
+            errors.append(f"model.weight_clip must be > 0 (latent weights clamped to [-clip, clip]) or null, got {self.weight_clip}")
         _check(not errors, "; ".join(errors))
 
     def create_kwargs(self) -> Dict[str, Any]:
@@ -94,6 +106,10 @@ class OptimConfig:
     eps: float = 1e-8  # Adam/AdamW denominator floor
     grad_clip: Optional[float] = None  # max global gradient L2 norm; None: no clipping
     extra: Dict[str, Any] = field(default_factory=dict)  # keywords for other registered optimizers (e.g. kappa, mu)
+    # Per-group optimizers (Larq's CaseOptimizer): each group names its parameters and its optimizer, e.g.
+    # [{params: [binary], name: bop}]; what no group takes goes to the optimizer above. [] : one optimizer
+    groups: List["OptimGroupConfig"] = field(default_factory=list)
+    bop: "BopConfig" = field(default_factory=lambda: BopConfig())  # Bop's hyper-parameters (any optimizer named bop)
 
     def __post_init__(self) -> None:
         errors = []
@@ -148,6 +164,64 @@ class ScheduleConfig:
 
 
 @dataclass
+class BopConfig:
+    """Bop (Helwegen et al. 2019; lowbit.optim.Bop): m <- (1 - gamma) m + gamma g; flip where sign(w) m > threshold."""
+
+    gamma: float = 1e-4  # adaptivity rate in (0, 1]: the gradient average remembers ~1/gamma steps; paper and Larq: 1e-4
+    threshold: float = 1e-8  # tau >= 0: how strong the average must be to flip a weight; paper and Larq: 1e-8
+    # gamma_t = gamma * s(t), tau_t = tau * s(t): a learning-rate schedule with peak 1 (the paper decays gamma
+    # 10x every 100 epochs: {name: step, milestones: [...], gamma: 0.1, warmup_epochs: 0}). Constant by default
+    gamma_schedule: "ScheduleConfig" = field(default_factory=lambda: ScheduleConfig(name="constant", warmup_epochs=0.0))
+    threshold_schedule: "ScheduleConfig" = field(default_factory=lambda: ScheduleConfig(name="constant", warmup_epochs=0.0))
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not 0.0 < self.gamma <= 1.0:
+            errors.append(f"optim.bop.gamma must be in (0, 1], got {self.gamma}")
+        if not (0.0 <= self.threshold and math.isfinite(self.threshold)):
+            errors.append(f"optim.bop.threshold must be a finite number >= 0, got {self.threshold}")
+        _check(not errors, "; ".join(errors))
+
+
+@dataclass
+class OptimGroupConfig:
+    """One group of a per-group optimizer: which parameters, which optimizer, what differs from ``optim``."""
+
+    # which parameters (lowbit.nn.select_parameters): "binary" (the binary layers' latent weights), name globs
+    # ("*.bias", "layer4.*"), "type:BatchNorm2d". Groups must not overlap
+    params: List[str]
+    name: str = "bop"  # the group's optimizer: bop | sgd | adam | adamw | any registered name
+    lr: Optional[float] = None  # peak learning rate of this group (the schedule scales it as optim.lr); None: optim.lr
+    momentum: Optional[float] = None  # None: optim.momentum
+    weight_decay: Optional[float] = None  # None: optim.weight_decay
+    extra: Dict[str, Any] = field(default_factory=dict)  # the group's optimizer keywords (as optim.extra)
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not self.params:
+            errors.append("an optim.groups entry needs params, e.g. params: [binary]")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            errors.append(f"optim.groups lr must be > 0 or null, got {self.lr}")
+        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
+            errors.append(f"optim.groups momentum must be in [0, 1) or null, got {self.momentum}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            errors.append(f"optim.groups weight_decay must be >= 0 or null, got {self.weight_decay}")
+        _check(not errors, "; ".join(errors))
+
+
+@dataclass
+class BinarizeConfig:
+    """``lowbit.nn.binarize`` applied to the zoo model before the optimizer is built (docs/training.md)."""
+
+    input_quantizer: Any = "ste_clipped"  # activation quantizer spec: a name ("ste_sign", Larq names work), {name, ...}, null
+    weight_quantizer: Any = "xnor_weight"  # weight quantizer spec; Bop recipes use ste_sign (|w| = 1 after Bop's first step)
+    keep_first_last: bool = True  # the first and last weight layers stay float (XNOR-Net, Bi-Real Net)
+    include: Optional[List[str]] = None  # patterns of layers to convert (name globs, "type:Conv2d"); null: all
+    exclude: List[str] = field(default_factory=list)  # patterns of layers to leave float
+    subclasses: Literal["error", "convert"] = "error"  # Conv2d/Linear subclasses with their own forward: refuse or replace
+
+
+@dataclass
 class LossConfig:
     name: str = "cross_entropy"  # cross_entropy | smooth_l1 | bce (the last two on one-hot targets)
     label_smoothing: float = 0.1  # epsilon: targets (1 - eps) onehot + eps / K; 0.1 gave LeNet-5 +1.5% on digits
@@ -191,8 +265,9 @@ class RunConfig:
     name: Optional[str] = None  # run folder prefix; None: "<model>-<dataset>"
     epochs: int = 20  # passes over the training set; LeNet-5 on digits plateaus at ~99% by epoch 16-20
     seed: int = 0  # seeds model init, data order and augmentation; same seed -> same numbers
-    device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA (weights and optimizer stay fp32)
+    device: str = "cpu"  # cpu | cuda | cuda:N (under torchrun: cuda means each rank's cuda:LOCAL_RANK)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA or CPU (weights and optimizer stay fp32)
+    allow_tf32: bool = False  # CUDA matmuls/convs in TensorFloat-32 (faster, ~3 decimal digits); off: exact fp32
     deterministic: bool = True  # torch.use_deterministic_algorithms; exact resume and repeatable runs
     threads: Optional[int] = None  # CPU threads for torch ops; None: torch's default (all cores). 1 is far
     # faster for small models on a CPU shared with other jobs (idle threads spin-wait for busy ones)
@@ -204,11 +279,18 @@ class RunConfig:
     # quant: is set, off for a float run; 0: off; N >= 1: every N-th step, float runs too. A sample costs ~2
     # steps of LeNet-5 on digits (float64 passes over every G and E): 50 is lost in the timing noise there
     # (9 samples in 20 epochs), 25 costs ~10%
+    flip_ratio: Optional[bool] = None  # per binary layer per epoch, the mean share of latent weights whose sign
+    # changed at an optimizer step (Larq's FlipRatio): metrics.csv flip_ratio/<layer>, TensorBoard, a report plot.
+    # None: on when the model has binary layers
     baseline: Optional[str] = None  # a training run directory (e.g. the float run of the same recipe) whose
     # test accuracy the report shows next to this run's; checked when the run starts. Relative: to the working dir
 
     def __post_init__(self) -> None:
         errors = []
+        try:
+            check_device_name(self.device, "run.device")
+        except ValueError as error:
+            errors.append(str(error))
         if self.epochs < 1:
             errors.append(f"run.epochs must be >= 1, got {self.epochs}")
         if self.threads is not None and self.threads < 1:
@@ -232,13 +314,20 @@ class TrainConfig:
     # low-bit training: {w_bits, a_bits, g_bits, e_bits, ...} for lowbit.nn.apply_quant_config, applied
     # to the model before the optimizer is built (docs/lowbit-training.md); None: the model as built
     quant: Optional[Dict[str, Any]] = None
+    # binarize a zoo model: {input_quantizer, weight_quantizer, keep_first_last, include, exclude, subclasses}
+    # for lowbit.nn.binarize, before the optimizer is built; None: the model as built
+    binarize: Optional[BinarizeConfig] = None
+    # scheduled surrogate gradients: quantizer parameters (window, beta, clip, slope) moved from a start to an
+    # end value over training (lowbit.train.surrogate_schedule; docs/training.md); None: fixed as built
+    surrogate: Optional[SurrogateScheduleConfig] = None
+    # distillation from a frozen teacher: KD, ReActNet's distributional loss, attention transfer, Real-to-Binary's
+    # two stages (lowbit.train.distill; docs/training.md); None: no teacher
+    distill: Optional[DistillConfig] = None
 
     def __post_init__(self) -> None:
         # options that only make sense together, reported together
-        errors = []
-        if self.run.precision == "bf16" and self.run.device != "cuda":
-            errors.append(f"run.precision=bf16 is an autocast option for run.device=cuda, got device {self.run.device!r}")
-        _check(not errors, "; ".join(errors))
+        if self.binarize is not None and self.quant:
+            raise ValueError("binarize: and quant: are both set; a run binarizes (1 bit) or trains k-bit layers, not both")
 
     @property
     def run_name(self) -> str:

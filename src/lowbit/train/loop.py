@@ -48,6 +48,8 @@ import torch
 from torch import nn
 
 from lowbit.config import to_dict
+from lowbit.devices import set_tf32
+from lowbit.nn.latent import clip_latent_weights_
 from lowbit.runs import (
     RecordWriter,
     atomic_write_text,
@@ -67,12 +69,16 @@ from lowbit.train.checkpoint import (
     save_checkpoint,
 )
 from lowbit.train.config import TrainConfig
+from lowbit.train.distributed import Distributed, check_divisible, from_environment
+from lowbit.train.flips import flip_columns, flip_ratio_for
+from lowbit.train.distill import build_distiller, resolve_teacher
 from lowbit.train.guards import KeptCheckpoint, TrainingDiverged, check_checkpointable, divergence_fix, nonfinite_tensor
 from lowbit.train.resume import load_resume_state
 from lowbit.train.losses import LOSSES, LossFn, build_loss
-from lowbit.train.optim import OPTIMIZERS, build_optimizer
+from lowbit.train.optim import OPTIMIZERS, build_optimizer, set_learning_rate
 from lowbit.train.schedules import SCHEDULES, make_schedule
 from lowbit.train.summary import GRAD_HIST_FILE, GRAD_STATS_FILE, STORAGE_FILE, read_stats
+from lowbit.train.surrogate_schedule import build_surrogate_schedule
 
 PathLike = Union[str, Path]
 
@@ -112,17 +118,15 @@ class Setup:
     total_steps: int
     num_params: int
     init_info: Optional[Dict[str, list]] = None
+    surrogate: Any = None  # lowbit.train.surrogate_schedule.SurrogateSchedule, or None
+    distiller: Any = None  # lowbit.train.distill.Distiller, or None
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"run.device='cuda' but no CUDA device is available (torch {torch.__version__}, "
-            f"CUDA build {torch.version.cuda}); use --device cpu"
-        )
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
-    return torch.device(name)
+    """``run.device`` as a ``torch.device``; no such device on this machine is a one-line error."""
+    from lowbit.devices import resolve_device as resolve
+
+    return resolve(name, "run.device")
 
 
 def check_names(config: TrainConfig) -> None:
@@ -185,8 +189,8 @@ def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
 
 def build(config: TrainConfig, device: torch.device) -> Setup:
     """Data, model, optimizer, loss and schedule from ``config``; raises on any bad input."""
-    from lowbit.data import BatchAugment, load_dataset
-    from lowbit.models import create_model
+    from lowbit.data import BatchAugment, load_dataset, normalize
+    from lowbit.models import check_model_fits, create_model
 
     check_names(config)
     check_baseline(config)
@@ -208,15 +212,29 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         in_channels=train_set.images.shape[1],
         **config.model.create_kwargs(),
     )
+    size = "null" if d.image_size is None else d.image_size
+    check_model_fits(model, config.model.name, train_set.images.shape[1:], f"{d.dataset}, data.image_size={size}")
+    if config.binarize is not None or config.model.weight_clip is not None:  # binarize:, weight clipping
+        from lowbit.data import normalize
+        from lowbit.train.binarize import prepare_binary_model
+
+        prepare_binary_model(model, config, normalize(train_set.images[: d.batch_size], train_set.mean, train_set.std))
     if config.quant:
         from lowbit.nn import apply_quant_config
 
         model = apply_quant_config(model, config.quant)
     init_info = load_matching_weights(model, config.run.init_from) if config.run.init_from else None
     model = model.to(device)
+    if config.model.sync_bn:
+        from lowbit.train.sync_batchnorm import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model, device)
     if config.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model.parameters(), config.optim, model=model)
+    # Drop the last partial batch (a batch of 1 breaks BatchNorm); a set smaller than one batch is one step.
+    steps_per_epoch = max(1, len(train_set) // d.batch_size)
+    total_steps = steps_per_epoch * config.run.epochs
+    optimizer = build_optimizer(model.parameters(), config.optim, model=model, steps=(total_steps, steps_per_epoch))
     loss_fn = build_loss(config.loss)
 
     a = config.augment
@@ -229,10 +247,10 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         mean=train_set.mean,
         std=train_set.std,
     )
-    # Drop the last partial batch (a batch of 1 breaks BatchNorm); a set smaller than one batch is one step.
-    steps_per_epoch = max(1, len(train_set) // d.batch_size)
-    total_steps = steps_per_epoch * config.run.epochs
     lr_at = make_schedule(config.schedule, config.optim.lr, total_steps, steps_per_epoch)
+    surrogate = build_surrogate_schedule(config.surrogate, model, config.model.name, total_steps, steps_per_epoch)
+    example = normalize(train_set.images[:2].to(device), train_set.mean, train_set.std)  # (2, C, H, W)
+    distiller = build_distiller(config.distill, model, example, train_set.num_classes, d.dataset, steps_per_epoch)
     return Setup(
         config=config,
         device=device,
@@ -252,20 +270,33 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         total_steps=total_steps,
         num_params=sum(p.numel() for p in model.parameters()),
         init_info=init_info,
+        surrogate=surrogate,
+        distiller=distiller,
     )
 
 
 @torch.no_grad()
-def evaluate(setup: Setup, autocast: Any = contextlib.nullcontext) -> tuple[float, float]:
-    """Mean loss and accuracy of ``setup.model`` on the test split (eval mode, no augmentation)."""
+def evaluate(setup: Setup, autocast: Any = contextlib.nullcontext, rank: Optional[Distributed] = None) -> tuple[float, float]:
+    """Mean loss and accuracy of ``setup.model`` on the test split (eval mode, no augmentation).
+
+    Under torchrun each rank evaluates its contiguous share of the split and the sums are all-reduced.
+    """
     from lowbit.data import normalize
 
     model, cfg = setup.model, setup.config
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
-    for start in range(0, setup.test_images.shape[0], cfg.data.eval_batch_size):
-        x = normalize(setup.test_images[start : start + cfg.data.eval_batch_size], setup.mean, setup.std)
-        y = setup.test_labels[start : start + cfg.data.eval_batch_size]
+    images, labels = setup.test_images, setup.test_labels
+    if rank is not None:
+        share = rank.local_part(torch.empty(images.shape[0] - images.shape[0] % rank.world_size))
+        tail = slice(images.shape[0] - images.shape[0] % rank.world_size, images.shape[0])
+        if rank.is_main:  # the images left over by an uneven split go to rank 0
+            images, labels = torch.cat([images[share], images[tail]]), torch.cat([labels[share], labels[tail]])
+        else:
+            images, labels = images[share], labels[share]
+    for start in range(0, images.shape[0], cfg.data.eval_batch_size):
+        x = normalize(images[start : start + cfg.data.eval_batch_size], setup.mean, setup.std)
+        y = labels[start : start + cfg.data.eval_batch_size]
         if cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -274,6 +305,8 @@ def evaluate(setup: Setup, autocast: Any = contextlib.nullcontext) -> tuple[floa
         loss_sum += float(loss) * y.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         count += y.shape[0]
+    if rank is not None:
+        loss_sum, correct, count = rank.sum([loss_sum, correct, count], setup.device)
     return loss_sum / count, correct / count
 
 
@@ -426,27 +459,62 @@ def train(
         TrainingInterrupted: SIGINT/SIGTERM; a resumable checkpoint was saved.
         TrainingDiverged: NaN/Inf loss, test loss or weights; the last good (finite) checkpoint was kept.
     """
-    from tqdm.auto import tqdm
-
-    from lowbit.data import mixup
     from lowbit.train.summary import write_train_report
 
     state: Optional[Dict[str, Any]] = None
+    rank = from_environment()  # torchrun's rendezvous variables (lowbit.train.distributed); None: one process
+    main = rank is None or rank.is_main  # the one process that writes the run directory (and holds its lock)
     if resume is not None:
         if config is not None or run_dir is not None:
             raise ValueError("resume continues a run with its saved config.yaml; do not pass config or run_dir too")
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume {str(run_dir)!r}: no config.yaml there; is it a training run directory?")
-        hold_run_lock(run_dir)
+        if main:
+            hold_run_lock(run_dir)
         config, state = load_resume_state(run_dir, data_dir, device, force)
     config = _with(config or TrainConfig(), data_dir, device)
     if resume is None:
         check_config(config)  # the checks that need no data: before any is loaded or any folder is made
-    dev = resolve_device(config.run.device)
+    if config.distill is not None:  # a teacher glob becomes the run it names, saved so that a resume uses it
+        config = dataclasses.replace(config, distill=resolve_teacher(config.distill))
+    if rank is not None:
+        check_divisible(config.data.batch_size, rank.world_size)
+        progress, log = (progress, log) if main else (False, None)
+    dev = resolve_device(config.run.device if rank is None else str(rank.device(config.run.device)))
+    set_tf32(config.run.allow_tf32)
     if state is not None and state.get("complete"):
-        write_train_report(run_dir)
+        if main:
+            write_train_report(run_dir)
         return Path(run_dir)
+    resumed = resume is not None
+    if rank is not None:
+        rank.start(dev)
+        try:
+            return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed)
+        finally:
+            rank.stop()
+    return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed)
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Optional[PathLike],
+    state: Optional[Dict[str, Any]],
+    runs_dir: PathLike,
+    dev: torch.device,
+    rank: Optional[Distributed],
+    progress: bool,
+    log: Optional[Callable[[str], None]],
+    resumed: bool = False,
+) -> Path:
+    """The body of :func:`train` once the device (and, under torchrun, the process group) is up."""
+    from tqdm.auto import tqdm
+
+    from lowbit.data import mixup
+    from lowbit.train.summary import write_train_report
+
+    main = rank is None or rank.is_main
 
     cfg = config
     if dev.type == "cuda" and cfg.run.deterministic:
@@ -457,12 +525,14 @@ def train(
         np.random.seed(cfg.run.seed % 2**32)
         setup = build(cfg, dev)  # raises on any bad input, before anything is written
         model, optimizer = setup.model, setup.optimizer
+        forward = model if rank is None else _ddp(model, dev)  # DDP averages the gradients over ranks
+        flips = flip_ratio_for(model, cfg.run.flip_ratio)  # None for a float model (lowbit.train.flips)
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
         generators = {"data": data_gen, "augment": aug_gen}
 
-        # ---- the run directory
-        if state is None and resume is None:
+        # ---- the run directory (rank 0 makes it and holds its lock; the other ranks learn its name)
+        if state is None and main and not resumed:
             if run_dir is None:
                 run_dir = create_run_dir(cfg.run_name, runs_dir)
                 hold_run_lock(run_dir)
@@ -471,7 +541,7 @@ def train(
                 hold_run_lock(run_dir)
                 if checkpoint_path(run_dir).exists():
                     raise ValueError(f"{str(run_dir)!r} already holds a checkpoint; resume it or choose another run_dir")
-        if state is None:  # a fresh run, or a resumed one that stopped before its first checkpoint
+        if state is None and main:  # a fresh run, or a resumed one that stopped before its first checkpoint
             write_run_files(run_dir, cfg)
             _write_model_info(run_dir, setup)
             if setup.init_info is not None:
@@ -485,6 +555,8 @@ def train(
                 from lowbit.nn import storage_records
 
                 RecordWriter(run_dir / STORAGE_FILE).write_many(storage_records(model))
+        if rank is not None:
+            run_dir = rank.broadcast_text(str(run_dir) if main else "")
         run_dir = Path(run_dir)
         ckpt_file = checkpoint_path(run_dir)
         kept = KeptCheckpoint(ckpt_file)
@@ -510,15 +582,20 @@ def train(
             history = list(state["metrics"])
             restore_rng(state["rng"], generators)
             _restore_quantizer_schedules(model, state.get("quantizer_schedules", {}))
-            _rewrite_metrics(run_dir / METRICS_FILE, history)
-            _keep_grad_stats_before(run_dir, step)
-        metrics_writer = RecordWriter(run_dir / METRICS_FILE)
-        board = _tensorboard(run_dir, cfg.run.tensorboard)
+            if flips is not None:
+                flips.load_state_dict(state.get("flip_ratio"))
+            if setup.distiller is not None:
+                setup.distiller.load_state_dict(state.get("distill"), model)
+            if main:
+                _rewrite_metrics(run_dir / METRICS_FILE, history)
+                _keep_grad_stats_before(run_dir, step)
+        metrics_writer = RecordWriter(run_dir / METRICS_FILE) if main else None
+        board = _tensorboard(run_dir, cfg.run.tensorboard) if main else None
 
         # Gradient statistics: GradientStats is attached only for the forward/backward of every
         # stats_every-th global step (no hooks at all on the other steps), so the samples fall on the
         # same steps in a resumed run. It draws no random numbers; rows are flushed before every checkpoint.
-        stats_every = cfg.grad_stats_every
+        stats_every = cfg.grad_stats_every if main else 0  # rank 0's share of the batch stands for all
         stats = None
         if stats_every:
             from lowbit.nn import GradientStats
@@ -538,11 +615,14 @@ def train(
             stats.records, stats.histograms = [], []
 
         def checkpoint(epoch: int, position: int, perm: Optional[torch.Tensor], complete: bool = False) -> None:
-            # only a finite model is saved (lowbit.train.guards): the check names the update that broke it
+            # only a finite model is saved (lowbit.train.guards): the check names the update that broke it;
+            # every rank checks (their weights are equal), so all stop together
             check_checkpointable(model, epoch=epoch if position else epoch - 1, step=step,
                                  batch=position or setup.steps_per_epoch, steps_per_epoch=setup.steps_per_epoch,
                                  test_loss=None, kept=kept, run_dir=run_dir, lr=cfg.optim.lr,
                                  grad_clip=cfg.optim.grad_clip)
+            if not main:
+                return
             save_checkpoint(
                 ckpt_file,
                 {
@@ -559,6 +639,8 @@ def train(
                     "num_params": setup.num_params,
                     "config": to_dict(cfg),
                     "quantizer_schedules": _quantizer_schedules(model),
+                    "flip_ratio": flips.state_dict() if flips is not None else None,
+                    "distill": setup.distiller.state_dict() if setup.distiller is not None else None,
                 },
             )
             kept.saved(epoch, step, position)
@@ -575,6 +657,8 @@ def train(
                         perm = torch.randperm(n_train, generator=data_gen).to(dev)  # (N,)
                         position = 0
                         sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+                    if setup.distiller is not None:
+                        setup.distiller.on_epoch_start(epoch, model)  # Real-to-Binary's stage 2, when due
                     model.train()
                     t0 = time.perf_counter()
                     bar = tqdm(
@@ -592,21 +676,33 @@ def train(
                         target: torch.Tensor = y
                         if cfg.augment.mixup_alpha > 0:
                             x, target = mixup(x, y, setup.num_classes, cfg.augment.mixup_alpha, generator=aug_gen)
+                        if rank is not None:  # every rank drew the whole batch's randomness; it keeps its part
+                            part = rank.local_part(idx)
+                            x, y, target = x[part], y[part], target[part]
                         if cfg.model.channels_last:
                             x = x.contiguous(memory_format=torch.channels_last)
                         lr = setup.lr_at(step)
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
+                        set_learning_rate(optimizer, lr)  # times a group's lr_scale (optim.groups)
+                        if setup.surrogate is not None:
+                            setup.surrogate.apply(step)
 
                         sampled = stats is not None and step % stats_every == 0
                         if sampled:
                             stats.step = step  # optimizer steps before this one (0-based)
                             stats.attach()
                         with autocast():
-                            logits = model(x)  # (B, K)
+                            logits = forward(x)  # (B, K); B / world_size under torchrun
                             loss = setup.loss_fn(logits.float(), target)
-                        if not torch.isfinite(loss):
-                            raise TrainingDiverged(_divergence_message(loss.item(), epoch, i, step, cfg, kept, model), run_dir)
+                            if setup.distiller is not None:
+                                loss = setup.distiller.loss(x, logits.float(), loss)
+                        # this step's numbers (all-reduced under torchrun): loss sum, correct, count, non-finite, stop
+                        numbers = [loss.item() * y.shape[0], int((logits.detach().argmax(1) == y).sum()), y.shape[0],
+                                   float(not torch.isfinite(loss)), float(stop.signum is not None)]
+                        if rank is not None:
+                            numbers = rank.sum(numbers, dev)
+                        if numbers[3]:
+                            value = float("nan") if torch.isfinite(loss) else loss.item()  # finite here: another rank's
+                            raise TrainingDiverged(_divergence_message(value, epoch, i, step, cfg, kept, model), run_dir)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         if sampled:
@@ -614,17 +710,21 @@ def train(
                         if cfg.optim.grad_clip is not None:
                             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                         optimizer.step()
+                        clip_latent_weights_(model)  # binary layers' weight_clip (model.weight_clip); else nothing
+                        if flips is not None:
+                            flips.update()
                         step += 1
 
-                        sums["loss"] += loss.item() * y.shape[0]
-                        sums["correct"] += int((logits.detach().argmax(1) == y).sum())
-                        sums["count"] += y.shape[0]
+                        sums["loss"] += numbers[0]
+                        sums["correct"] += int(numbers[1])
+                        sums["count"] += int(numbers[2])
                         bar.update(1)
                         if progress and (i % 10 == 0):
                             bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.4f}", lr=f"{lr:.3g}")
                         if interrupt_at is not None and step == interrupt_at:
                             signal.raise_signal(signal.SIGINT)  # the handler runs before raise_signal returns
-                        if stop.signum is not None:  # mid-epoch checkpoint, then stop
+                        stopping = stop.signum is not None if rank is None else bool(numbers[4])  # every rank alike
+                        if stopping:  # mid-epoch checkpoint, then stop
                             sums["seconds"] += time.perf_counter() - t0
                             bar.close()
                             flush_stats()
@@ -632,7 +732,7 @@ def train(
                             raise TrainingInterrupted(run_dir, epoch + 1, step)
                     bar.close()
 
-                    test_loss, test_acc = evaluate(setup, autocast)
+                    test_loss, test_acc = evaluate(setup, autocast, rank)
                     check_checkpointable(model, epoch=epoch, step=step, batch=setup.steps_per_epoch,
                                          steps_per_epoch=setup.steps_per_epoch, test_loss=test_loss, kept=kept,
                                          run_dir=run_dir, lr=cfg.optim.lr, grad_clip=cfg.optim.grad_clip)
@@ -647,23 +747,28 @@ def train(
                         "test_acc": test_acc,
                         "seconds": sums["seconds"],
                         **_sparsity_columns(setup.optimizer),
+                        **(flips.epoch_columns() if flips is not None else {}),
+                        **(setup.surrogate.columns(step - 1) if setup.surrogate is not None else {}),
+                        **(setup.distiller.columns() if setup.distiller is not None else {}),
                     }
                     history.append(record)
-                    metrics_writer.write(record)
+                    if metrics_writer is not None:
+                        metrics_writer.write(record)
                     if board is not None:
-                        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
+                        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", *flip_columns(record)):
                             board.add_scalar(key, record[key], epoch + 1)
                     if log is not None:
                         log(_epoch_line(record, cfg.run.epochs))
                     perm, position = None, 0
                     flush_stats()
                     checkpoint(epoch + 1, 0, None, complete=epoch + 1 == cfg.run.epochs)
-                    if stop.signum is not None and epoch + 1 < cfg.run.epochs:
+                    stopping = stop.signum is not None if rank is None else rank.any(stop.signum is not None, dev)
+                    if stopping and epoch + 1 < cfg.run.epochs:
                         raise TrainingInterrupted(run_dir, epoch + 2, step)
         except (TrainingInterrupted, TrainingDiverged):
             with contextlib.suppress(Exception):
                 flush_stats()  # rows past the last checkpoint are dropped again on resume
-            if history:  # a report of what the run has so far
+            if history and main:  # a report of what the run has so far
                 with contextlib.suppress(Exception):
                     write_train_report(run_dir)
             raise
@@ -672,8 +777,16 @@ def train(
                 stats.detach()
             if board is not None:
                 board.close()
-    write_train_report(run_dir)
+    if main:
+        write_train_report(run_dir)
     return run_dir
+
+
+def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel (its own parameters, shared; checkpoints keep saving ``model``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _write_model_info(run_dir: Path, setup: Setup) -> None:

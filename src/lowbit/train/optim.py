@@ -13,7 +13,7 @@ The learning rate set here is overwritten by the schedule before every step.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 import torch
 
@@ -33,18 +33,53 @@ def list_optimizers() -> list[str]:
 
 
 def build_optimizer(
-    params: Iterable[Any], cfg: OptimConfig, *, model: Optional[torch.nn.Module] = None
+    params: Iterable[Any],
+    cfg: OptimConfig,
+    *,
+    model: Optional[torch.nn.Module] = None,
+    steps: Optional[Tuple[int, int]] = None,
 ) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` over ``params`` (an unknown name lists the valid ones).
 
-    ``model`` is handed to factories that take a third argument (see the module docstring).
+    ``model`` is handed to factories that take a third argument (see the module docstring);
+    ``steps`` = (total steps, steps per epoch) to factories with a ``steps`` keyword (Bop's
+    schedules). With ``cfg.groups`` the result is a :class:`lowbit.optim.CaseOptimizer`
+    (:func:`lowbit.train.groups.build_grouped_optimizer`; ``params`` is then ignored: the
+    groups select from the model's parameters).
     """
-    factory = OPTIMIZERS.get(cfg.name)
-    if len(inspect.signature(factory).parameters) >= 3:
+    if cfg.groups:
+        from lowbit.train.groups import build_grouped_optimizer
+
         if model is None:
-            raise ValueError(f"optimizer {cfg.name!r} needs the model: build_optimizer(params, cfg, model=model)")
-        return factory(params, cfg, model)
-    return factory(params, cfg)
+            raise ValueError("optim.groups needs the model: build_optimizer(params, cfg, model=model)")
+        return build_grouped_optimizer(model, cfg, steps)
+    return call_factory(cfg.name, params, cfg, model=model, steps=steps)
+
+
+def call_factory(
+    name: str,
+    params: Iterable[Any],
+    cfg: OptimConfig,
+    *,
+    model: Optional[torch.nn.Module] = None,
+    steps: Optional[Tuple[int, int]] = None,
+) -> torch.optim.Optimizer:
+    """The registered factory ``name`` called with what it declares: (params, cfg[, model][, steps=])."""
+    factory = OPTIMIZERS.get(name)
+    signature = inspect.signature(factory).parameters
+    keywords = {"steps": steps} if "steps" in signature else {}
+    positional = [p for p in signature if p != "steps"]
+    if len(positional) >= 3:
+        if model is None:
+            raise ValueError(f"optimizer {name!r} needs the model: build_optimizer(params, cfg, model=model)")
+        return factory(params, cfg, model, **keywords)
+    return factory(params, cfg, **keywords)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """``group["lr"] = lr`` for every group, times the group's ``lr_scale`` (a per-group ``lr`` in optim.groups)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def _no_extra(cfg: OptimConfig) -> None:
@@ -100,3 +135,41 @@ def dessilbi(params: Iterable[Any], cfg: OptimConfig, model: torch.nn.Module) ->
         )
     except TypeError as error:
         raise ValueError(f"optim.extra {dict(cfg.extra)} does not fit DessiLBI: {error}") from None
+
+
+@register_optimizer("bop")
+def bop(
+    params: Iterable[Any], cfg: OptimConfig, model: torch.nn.Module, steps: Optional[Tuple[int, int]] = None
+) -> torch.optim.Optimizer:
+    """Bop (Helwegen et al. 2019) over binary latent weights, with ``optim.bop``'s gamma, threshold and schedules.
+
+    Every parameter given must be a binary layer's latent weight (lowbit.nn.binary_weights): Bop flips
+    signs, which means nothing for a BatchNorm scale or a float layer. Use it in a group,
+    ``optim.groups: [{params: [binary], name: bop}]``, with another optimizer for the rest.
+    """
+    from lowbit.nn import binary_weights
+    from lowbit.optim import Bop
+
+    _no_extra(cfg)
+    params = list(params)
+    binary_ids = {id(p) for _, p in binary_weights(model)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    others = [names.get(id(p), f"a tensor of shape {tuple(p.shape)}") for p in params if id(p) not in binary_ids]
+    if others:
+        shown = ", ".join(others[:6]) + (f", ... ({len(others)} in all)" if len(others) > 6 else "")
+        raise ValueError(
+            f"Bop trains binary latent weights only (it flips signs), but it was given {len(others)} other "
+            f"parameters: {shown}. Give Bop the binary weights and the rest to another optimizer: "
+            "optim.groups: [{params: [binary], name: bop}] with optim.name: adam"
+        )
+    b = cfg.bop
+    schedules = {}
+    for key, schedule in (("gamma_schedule", b.gamma_schedule), ("threshold_schedule", b.threshold_schedule)):
+        if schedule.name == "constant" and schedule.warmup_epochs == 0:
+            continue
+        if steps is None:
+            raise ValueError(f"optim.bop.{key} needs the run's length: build_optimizer(..., steps=(total, per_epoch))")
+        from lowbit.train.schedules import make_schedule
+
+        schedules[key] = make_schedule(schedule, 1.0, *steps)
+    return Bop(params, gamma=b.gamma, threshold=b.threshold, **schedules)

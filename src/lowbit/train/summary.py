@@ -234,6 +234,9 @@ def write_train_report(run_dir: PathLike) -> Path:
     extras.update(model_cfg.get("kwargs") or {})
     baseline = _baseline_section(run_dir, row, config)
     lowbit_sections = _lowbit_sections(run_dir, config)
+    from lowbit.train.flips import flip_ratio_section
+
+    lowbit_sections += flip_ratio_section(run_dir, records)  # binary runs: flip ratio per layer
     per_epoch = ["| epoch | lr | train loss | train acc | test loss | test acc | seconds |", "|" + "---:|" * 7]
     for r in records:
         per_epoch.append(

@@ -1,0 +1,133 @@
+"""Training speed of binary layers: the sign pass, and xnor_resnet18's step against its float twin.
+
+    python benchmarks/bench_binary_train.py               # prints the tables, updates BENCHMARKS.md
+    python benchmarks/bench_binary_train.py --no-write --rounds 2 --widths 16
+
+1. The elementwise passes of a binary activation on a (128, 16, 32, 32) float32 tensor
+   (the first stage of xnor_resnet18 w16 at batch 128): ``hard_sign`` (now a float
+   comparison written as 0/1 floats, times 2, minus 1) against the ``torch.where`` form
+   it replaced and against the bare comparison ``torch.ge(x, 0, out=float)``, the
+   issue's yardstick; and the ``ste_clipped`` backward (``pass_within``) against the
+   ``torch.where(|x| <= 1, g, 0)`` form it replaced. Same values (tests/test_sign_speed_paths.py).
+2. One training step (forward, cross-entropy, backward, SGD momentum step) of
+   xnor_resnet18 and of its float twin (``lowbit.deploy.twin.float_twin``: the same
+   model with plain convs in place of the binary ones) at widths 16, 32, 64, batch 128,
+   3x32x32 random inputs. Target (issue 15): binary <= 1.15x the twin.
+
+1 thread, process CPU time, best of N rounds with the variants interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _binary_bench import best_times, load, machine_line, publish  # noqa: E402
+
+from lowbit.deploy.twin import float_twin  # noqa: E402
+from lowbit.models import create_model  # noqa: E402
+from lowbit.quant import get_quantizer, hard_sign  # noqa: E402
+from lowbit.quant.functional import pass_within  # noqa: E402
+
+START, END = "<!-- bench_binary_train:start -->", "<!-- bench_binary_train:end -->"
+TARGET = 1.15
+
+
+def sign_table(rounds: int) -> str:
+    x = torch.randn(128, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.randn_like(x)
+    q = get_quantizer("ste_clipped")
+    xr = x.clone().requires_grad_()
+    times = best_times(
+        {
+            "hard_sign (fast path)": lambda: hard_sign(x),
+            "torch.where(x >= 0, 1, -1) (before)": lambda: torch.where(x >= 0, 1.0, -1.0),
+            "torch.ge(x, 0, out=float) (a bare comparison)": lambda: torch.ge(x, 0, out=torch.empty_like(x)),
+            "ste_clipped backward: pass_within (fast path)": lambda: pass_within(x, 1.0, g),
+            "ste_clipped backward: torch.where(|x| <= 1, g, 0) (before)": lambda: torch.where(x.abs() <= 1.0, g, 0.0),
+            "ste_clipped forward + backward (autograd)": lambda: torch.autograd.grad(q(xr), xr, g),
+        },
+        rounds * 10,
+    )
+    n = x.numel()
+    lines = ["| pass | ms | Gelem / s |", "|:--|--:|--:|"]
+    lines += [f"| {name} | {s * 1e3:.3f} | {n / s / 1e9:.2f} |" for name, s in times.items()]
+    return "\n".join(lines)
+
+
+def train_rows(widths, batch: int, rounds: int) -> list:
+    rows = []
+    for width in widths:
+        torch.manual_seed(0)
+        binary = create_model("xnor_resnet18", width=width).train()
+        twin = float_twin(binary).train()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (batch,), generator=g)
+
+        def step_fn(model):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+            def step():
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            return step
+
+        times = best_times({"binary": step_fn(binary), "twin": step_fn(twin)}, rounds)
+        ratio = times["binary"] / times["twin"]
+        rows.append((width, times["twin"], times["binary"], ratio))
+        print(f"width {width:3}: twin {times['twin'] * 1e3:8.1f} ms, xnor {times['binary'] * 1e3:8.1f} ms, {ratio:.3f}x", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved training-step rounds (default 5)")
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = load()
+    signs = sign_table(args.rounds)
+    print(signs, flush=True)
+    rows = train_rows(args.widths, args.batch, args.rounds)
+    load_after = load()
+    worst = max(r[3] for r in rows)
+    table = ["| width | float twin ms / step | xnor_resnet18 ms / step | binary / twin |", "|--:|--:|--:|--:|"]
+    table += [f"| {w} | {t * 1e3:.1f} | {b * 1e3:.1f} | {r:.3f}x |" for w, t, b, r in rows]
+    text = "\n".join(
+        [
+            "## Binary layers in training",
+            "",
+            "`python benchmarks/bench_binary_train.py`: 1 thread, process CPU time, best of interleaved rounds.",
+            "",
+            "**The sign pass** on a (128, 16, 32, 32) float32 activation. `torch.where` with scalar operands and "
+            "bool-output comparisons are slow on this CPU; the fast paths write the comparison straight into a float "
+            "tensor and select the surrogate gradient with `threshold_backward` (same values, NaN and -0 included):",
+            "",
+            signs,
+            "",
+            f"**Training step**, xnor_resnet18 against its float twin (the same model with plain convs in place of the "
+            f"binary ones), batch {args.batch}, 3x32x32, SGD momentum, best of {args.rounds}. Target <= {TARGET}x: "
+            f"worst {worst:.3f}x ({'met' if worst <= TARGET else 'missed'}).",
+            "",
+            *table,
+            "",
+            f"Machine: {machine_line(load_before, load_after)} {dt.date.today().isoformat()}.",
+        ]
+    )
+    publish(text, START, END, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Bi-Real Net-18: one binary 3x3 conv per residual block, real-valued shortcuts around every one.
+
+    stem "imagenet": conv7x7/2 (w) -> BN -> maxpool 3x3/2           224 -> 56   float
+    stem "small":    conv3x3 (w) -> BN                              32 -> 32    float
+    16 blocks:       w x4, 2w x4, 4w x4, 8w x4 (the first of each later stage stride 2)
+    head:            global average pool -> linear(8w -> classes, bias)          float
+
+Block (Liu et al.'s Fig. 2, "Bi-Real" connection)::
+
+    out = BN( BinConv3x3(stride)( q_a(x) ) ) + shortcut(x)
+
+with q_a = ``act`` (``approx_sign`` by default: sign forward, Bi-Real's
+piecewise-quadratic derivative 2 - 2|x| on [-1, 1] backward) as the conv's input
+quantizer and ``magnitude_aware_sign`` weights (sign(W) times the mean |W| of
+the output channel, scale not differentiated, clipped straight-through
+gradient). shortcut = identity, or where the shape changes
+:func:`~lowbit.models.binary_blocks.downsample_shortcut` (2x2 average pool ->
+float 1x1 conv -> BN). There is no other nonlinearity: the sign is it, and the
+shortcut carries the real-valued signal past every binary conv.
+
+BatchNorms as in the Keras reference (momentum 0.8, epsilon 1e-3). With w = 64,
+1000 classes, ImageNet stem: 10,985,472 binary weights and 11,689,512
+parameters (larq-zoo ``BiRealNet``; figures and sources in docs/models.md).
+Deviation from larq-zoo: no weight-clip constraint (the optimizer's job in
+lowbit), symmetric padding (see :mod:`lowbit.models.binary_blocks`).
+
+Liu, Wu, Luo, Yang, Liu & Cheng, "Bi-Real Net: Enhancing the Performance of
+1-bit CNNs with Improved Representational Capability and Advanced Training
+Algorithm", ECCV 2018.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.models.binary_blocks import batch_norm, declare_input, downsample_shortcut, zoo_options
+from lowbit.models.layers import check_width
+from lowbit.models.registry import register_model
+from lowbit.nn import BinaryConv2d, QuantizerSpec
+
+BN_MOMENTUM = 0.8  # Keras momentum of the reference implementation (PyTorch 0.2)
+
+
+class BiRealBlock(nn.Module):
+    """(N, in, H, W) -> (N, out, H/stride, W/stride): BN(BinConv3x3(q_a(x))) + shortcut(x)."""
+
+    def __init__(self, in_channels: int, out_channels: int, act: QuantizerSpec, weight_quantizer: QuantizerSpec):
+        super().__init__()
+        stride = 1 if in_channels == out_channels else 2
+        self.conv = BinaryConv2d(
+            in_channels, out_channels, 3, stride, padding=1, input_quantizer=act, weight_quantizer=weight_quantizer
+        )
+        self.bn = batch_norm(out_channels, BN_MOMENTUM)
+        self.shortcut = (
+            nn.Identity() if stride == 1 else downsample_shortcut(in_channels, out_channels, BN_MOMENTUM)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) + self.shortcut(x)
+
+
+class BiRealNet18(nn.Module):
+    """(N, C, S, S) -> (N, num_classes); see the module docstring."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width: int = 64,
+        stem: str = "imagenet",
+        act: QuantizerSpec = "approx_sign",
+        weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
+    ) -> None:
+        super().__init__()
+        width = check_width(width)
+        zoo_options("birealnet18", stem, act, weight_quantizer)
+        if stem == "imagenet":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),  # (N, w, S/2, S/2)
+                batch_norm(width, BN_MOMENTUM),
+                nn.MaxPool2d(3, stride=2, padding=1),  # (N, w, S/4, S/4)
+            )
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), batch_norm(width, BN_MOMENTUM))
+        declare_input(self, in_channels, stem)  # 32x in all: the stem's 4x (or 1x), then three stride-2 stages
+        blocks, channels = [], width
+        for stage in range(4):
+            out_channels = width * 2**stage
+            for _ in range(4):
+                blocks.append(BiRealBlock(channels, out_channels, act, weight_quantizer))
+                channels = out_channels
+        self.blocks = nn.Sequential(*blocks)  # (N, 8w, S/32, S/32) with the ImageNet stem
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.linear(torch.flatten(self.pool(x), 1))  # (N, 8w) -> (N, classes)
+
+
+@register_model("birealnet18")
+def birealnet18(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    *,
+    width: int = 64,
+    stem: str = "imagenet",
+    act: QuantizerSpec = "approx_sign",
+    weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
+) -> BiRealNet18:
+    """Bi-Real Net-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels."""
+    return BiRealNet18(num_classes, in_channels, width, stem, act, weight_quantizer)
+
+
+__all__ = ["BiRealBlock", "BiRealNet18", "birealnet18"]
