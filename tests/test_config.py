@@ -118,7 +118,9 @@ def test_numbers_must_be_finite_and_fit_64_bits():
         steps: int = 1
         cap: Optional[float] = None
 
-    assert from_dict(C, {"lr": 1e300, "steps": 2**62, "cap": None}).steps == 2**62
+    assert from_dict(C, {"lr": 1e30, "steps": 2**62, "cap": None}).steps == 2**62
+    with pytest.raises(ConfigError, match="lr: 1e\\+300 is beyond float32"):
+        from_dict(C, {"lr": 1e300})
     with pytest.raises(ConfigError) as info:
         from_dict(C, {"lr": float("inf"), "steps": 1e20, "cap": float("-inf")})
     text = str(info.value)

@@ -9,7 +9,8 @@ the value and the expected type, and all problems are reported together.
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Any``,
 ``Optional[T]``, ``list[T]``, ``tuple[T, ...]``, ``dict[str, T]``,
 ``Literal[...]`` and nested dataclasses. A ``float`` field takes finite numbers
-only (NaN and ±inf mean nothing as a learning rate, a factor or a range; the
+within float32's range only (NaN and ±inf mean nothing as a learning rate, a
+factor or a range, and 1e300 overflows the float32 tensors it scales; the
 fields that may be unbounded say so with ``None``), an ``int`` field one that
 fits 64 bits.
 
@@ -41,6 +42,7 @@ MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: the largest built-in config is ~3 kB
 MAX_YAML_NODES = 100_000  # values after alias expansion; the largest built-in config has ~300
 MAX_YAML_DEPTH = 50  # nesting levels; built-in configs use at most 5
 INT_LIMIT = 2**63  # int fields must fit int64 (torch seeds, counts)
+FLOAT32_MAX = 3.4028234663852886e38  # float fields must fit float32: they scale float32 tensors
 
 
 class ConfigError(ValueError):
@@ -472,6 +474,9 @@ def _coerce(tp: Any, value: Any, path: str, errors: List[str]) -> Any:
                 return None
             if math.isinf(number):
                 errors.append(f"{path}: expected a finite number, got {value!r}")
+                return None
+            if abs(number) > FLOAT32_MAX:
+                errors.append(f"{path}: {value!r} is beyond float32 (|x| <= 3.4e38), the precision of the tensors it meets")
                 return None
             return number
         errors.append(f"{path}: expected a number, got {value!r}")

@@ -51,13 +51,24 @@ def meta_model(config: TrainConfig) -> torch.nn.Module:
     from lowbit.models import create_model
 
     spec = dataset_spec(config.data.dataset)
-    with torch.device("meta"):
+    with torch.device("meta"):  # the same steps as lowbit.train.loop.build, without the data
         model = create_model(
             config.model.name,
             num_classes=spec.num_classes,
             in_channels=spec.channels or 3,
             **config.model.create_kwargs(),
         )
+        side = image_side(config)
+        if side is not None and spec.channels is not None:
+            from lowbit.models import check_model_fits
+
+            size = "null" if config.data.image_size is None else config.data.image_size
+            check_model_fits(model, config.model.name, (spec.channels, side, side),
+                             f"{config.data.dataset}, data.image_size={size}")
+        if config.binarize is not None or config.model.weight_clip is not None:
+            from lowbit.train.binarize import prepare_binary_model
+
+            prepare_binary_model(model, config)  # (the dead-sign check needs data: it runs in build)
         if config.quant:
             from lowbit.nn import apply_quant_config
 
@@ -147,7 +158,7 @@ def _built(config: TrainConfig) -> List[str]:
     if problem is not None:
         return [f"model: {config.model.name!r} with these settings {problem}"]
     try:
-        build_optimizer(model.parameters(), config.optim, model=model)
+        build_optimizer(model.parameters(), config.optim, model=model, steps=(max(1, config.run.epochs), 1))
     except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as error:
         errors.append(f"optim: {_first_line(error)}")
     try:
