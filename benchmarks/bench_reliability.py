@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from faults import Fault, run_lowbit  # noqa: E402
 from fuzz_cases import TRAIN_BASE, all_cases  # noqa: E402
-from test_fuzz import ADDRESS_SPACE, TAKES_RUNS_DIR, judge  # noqa: E402
+from test_fuzz import run_case  # noqa: E402
 from test_reliability import PROBE, TRAIN, probe_outcome, same_train  # noqa: E402
 
 from lowbit.cli import main  # noqa: E402
@@ -127,16 +127,7 @@ def fuzz(work: Path, checkpoint: Path):
     counts: dict = {}
     peak = 0.0
     for i, case in enumerate(cases):
-        sandbox = work / f"fuzz{i:03d}"
-        sandbox.mkdir()
-        for name, content in case.files.items():
-            (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
-            (sandbox / name).write_bytes(content)
-        argv = [a.replace("{sandbox}", str(sandbox)) for a in case.argv]
-        if argv[0] in TAKES_RUNS_DIR:
-            argv += ["--runs-dir", str(sandbox / "runs")]
-        result = run_lowbit(argv, cwd=sandbox, memory_limit=ADDRESS_SPACE, timeout=60)
-        problem = judge(case, result, sandbox, baseline)
+        result, problem = run_case(case, work / f"fuzz{i:03d}", baseline)
         group = "malformed configs and overrides" if case.kind == "override" else "hostile files"
         outcome = "failed: " + problem.splitlines()[0] if problem else (
             "refused" if result.rc == 2 else "ran correctly" if result.rc == 0 else "stopped cleanly (diverged)")

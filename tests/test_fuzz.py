@@ -76,6 +76,25 @@ def judge(case, result, sandbox: Path, baseline_mb: float) -> str:
     return ""
 
 
+def run_case(case, sandbox: Path, baseline_mb: float):
+    """Run one case in ``sandbox`` (made here, its files written first); ``(result, problem or '')``."""
+    sandbox.mkdir()
+    for name, content in case.files.items():
+        (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
+        (sandbox / name).write_bytes(content)
+    argv = [a.replace("{sandbox}", str(sandbox)) for a in case.argv]
+    if argv[0] in TAKES_RUNS_DIR:
+        argv += ["--runs-dir", str(sandbox / "runs")]
+    result = run_lowbit(argv, cwd=sandbox, memory_limit=ADDRESS_SPACE, timeout=60)
+    problem = judge(case, result, sandbox, baseline_mb)
+    written = {p for p in sandbox.rglob("*") if p.is_file()} - {sandbox / n for n in case.files}
+    allowed = sandbox / ("run" if argv[0] == "report" else "runs")  # a report writes into the run it reports
+    strays = [p for p in written if allowed not in p.parents and ".lock" != p.name]
+    if strays and not problem:
+        problem = f"files written outside the runs directory: {[str(p.relative_to(sandbox)) for p in strays][:5]}"
+    return result, problem
+
+
 def _snapshot(folder: Path) -> set:
     return {p.name for p in folder.iterdir()}
 
@@ -90,21 +109,7 @@ def test_fuzz_every_case_is_refused_cleanly_or_runs(tmp_path, checkpoint):
     failures = []
     start = time.perf_counter()
     for i, case in enumerate(cases):
-        sandbox = tmp_path / f"case{i:03d}"
-        sandbox.mkdir()
-        for name, content in case.files.items():
-            (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
-            (sandbox / name).write_bytes(content)
-        argv = [a.replace("{sandbox}", str(sandbox)) for a in case.argv]
-        if argv[0] in TAKES_RUNS_DIR:
-            argv += ["--runs-dir", str(sandbox / "runs")]
-        result = run_lowbit(argv, cwd=sandbox, memory_limit=ADDRESS_SPACE, timeout=60)
-        problem = judge(case, result, sandbox, baseline)
-        written = {p for p in sandbox.rglob("*") if p.is_file()} - {sandbox / n for n in case.files}
-        allowed = sandbox / ("run" if argv[0] == "report" else "runs")  # a report writes into the run it reports
-        strays = [p for p in written if allowed not in p.parents and ".lock" != p.name]
-        if strays and not problem:
-            problem = f"files written outside the runs directory: {[str(p.relative_to(sandbox)) for p in strays][:5]}"
+        _, problem = run_case(case, tmp_path / f"case{i:03d}", baseline)
         if problem:
             failures.append(f"[{case.kind}] {case.label}: {problem}")
     seconds = time.perf_counter() - start

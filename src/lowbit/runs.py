@@ -276,6 +276,20 @@ def hold_run_lock(run_dir: PathLike) -> DirectoryLock:
     return lock
 
 
+def open_resumed_run(resume: PathLike, config: Any, run_dir: Any, command: str) -> Path:
+    """The run directory ``resume`` of ``lowbit COMMAND --resume``, checked and locked (inside @holds_run_locks).
+
+    ``config`` and ``run_dir`` must not be given with it (the run has its own config.yaml).
+    """
+    if config is not None or run_dir is not None:
+        raise ValueError(f"resume continues a `lowbit {command}` run with its own config.yaml: do not pass config or run_dir too")
+    path = Path(resume)
+    if not (path / "config.yaml").is_file():
+        raise FileNotFoundError(f"{str(path)!r} has no config.yaml: is it a run directory of `lowbit {command}`?")
+    hold_run_lock(path)
+    return path
+
+
 def write_run_files(run_dir: PathLike, config: Any) -> None:
     """Save the resolved config and the machine/code evidence into ``run_dir``.
 

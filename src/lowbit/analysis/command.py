@@ -25,6 +25,7 @@ from lowbit.runs import (
     create_run_dir,
     hold_run_lock,
     holds_run_locks,
+    open_resumed_run,
     prepare_run_dir,
     started_config,
     write_run_files,
@@ -113,12 +114,7 @@ def run_analysis(
     config_class = analysis_config_class(name)  # a clear error for an unknown name
     _, runner_spec, _ = ANALYSES[name]
     if resume is not None:
-        if config is not None or run_dir is not None:
-            raise ValueError("resume runs an analysis again with its own config.yaml: do not pass config or run_dir too")
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{str(run_dir)!r} has no config.yaml: is it a run directory of `lowbit analyze {name}`?")
-        hold_run_lock(run_dir)
+        run_dir = open_resumed_run(resume, config, run_dir, f"analyze {name}")
         config = load_config(config_class, run_dir / "config.yaml")
         if device is not None:
             config = dataclasses.replace(config, device=device)

@@ -20,6 +20,7 @@ from lowbit.runs import (
     create_run_dir,
     hold_run_lock,
     holds_run_locks,
+    open_resumed_run,
     prepare_run_dir,
     started_config,
     write_run_files,
@@ -69,12 +70,7 @@ def run_probe(
     from lowbit.report import write_probe_report
 
     if resume is not None:
-        if config is not None or run_dir is not None:
-            raise ValueError("resume finishes a run with its own config.yaml: do not pass config or run_dir too")
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"{str(run_dir)!r} has no config.yaml: is it a run directory of `lowbit probe`?")
-        hold_run_lock(run_dir)
+        run_dir = open_resumed_run(resume, config, run_dir, "probe")
         config = load_config(ProbeConfig, run_dir / "config.yaml")
         check_resume_config(run_dir, config, started_config(run_dir), "probe", force=force)
         prepare(config)
