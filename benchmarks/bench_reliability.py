@@ -121,6 +121,81 @@ def concurrency(work: Path, rounds: int = 8):
     return rounds, errors, duplicates
 
 
+def two_resumes(work: Path, rounds: int = 5):
+    """Two ``train --resume`` of one stopped run, started together: (rounds, one ran and one refused, rows right)."""
+    os.environ["LOWBIT_TEST_INTERRUPT_AT_STEP"] = "1"
+    roots = []
+    try:
+        for r in range(rounds):
+            root = work / f"pair{r}"
+            run_lowbit(TRAIN + ["--runs-dir", str(root)])
+            roots.append(only_run(root))
+    finally:
+        del os.environ["LOWBIT_TEST_INTERRUPT_AT_STEP"]
+    ctx = multiprocessing.get_context("fork")
+    exclusive = rows_right = 0
+    for run in roots:
+        barrier, out = ctx.Barrier(2), ctx.Queue()
+
+        def resume(barrier=barrier, out=out, run=run):
+            barrier.wait()
+            out.put(run_lowbit(["train", "--quiet", "--resume", str(run)]).rc)
+
+        procs = [ctx.Process(target=resume) for _ in range(2)]
+        for p in procs:
+            p.start()
+        codes = sorted(out.get(timeout=300) for _ in procs)
+        for p in procs:
+            p.join()
+        exclusive += codes == [0, 2]
+        rows_right += len(read_records(run / "metrics.csv")) == 2
+    return rounds, exclusive, rows_right
+
+
+def issue_repros(work: Path):
+    """The three hostile files the issue measured: (what, bytes, outcome, peak MB added, seconds)."""
+    import gzip
+    import pickle
+    import struct
+
+    import numpy as np
+
+    from fuzz_cases import _Reduce, _cifar_batch
+
+    rows = []
+    baseline = run_lowbit(["report", str(work / "no-such-run")]).peak_rss_mb
+    folder = work / "repro-cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    zero = _cifar_batch(_Reduce((np.ndarray, ((1_000_000, 3072), np.dtype("u1"), b"\0", 0, (0, 0)))),
+                        _Reduce((np.ndarray, ((1_000_000,), np.dtype("u1"), b"\0", 0, (0,)))))
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(zero)
+    mnist = work / "repro-mnist"
+    mnist.mkdir()
+    with gzip.open(mnist / "train-images-idx3-ubyte.gz", "wb", compresslevel=9) as handle:
+        handle.write(struct.pack(">IIII", 0x803, (1 << 30) // 784, 28, 28))
+        for _ in range(1024):
+            handle.write(bytes(1 << 20))
+    (mnist / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 0x801, (1 << 30) // 784)))
+    laughs = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    (work / "laughs.yaml").write_text(laughs)
+    cases = [
+        ("CIFAR batch with zero-stride arrays (1,000,000 images stated)", len(zero),
+         ["train", "--quiet", "data.dataset=cifar10", "--data-dir", str(folder.parent)]),
+        ("MNIST .gz inflating to 1 GiB", (mnist / "train-images-idx3-ubyte.gz").stat().st_size,
+         ["train", "--quiet", "data.dataset=mnist", "--data-dir", str(mnist)]),
+        ("YAML billion laughs (9^9 values)", len(laughs), ["train", str(work / "laughs.yaml")]),
+    ]
+    for what, size, argv in cases:
+        start = time.perf_counter()
+        result = run_lowbit(argv + ["--runs-dir", str(work / "repro-runs")], memory_limit=8 << 30)
+        seconds = time.perf_counter() - start
+        outcome = "refused" if result.rc == 2 and "Traceback" not in result.err else f"exit {result.rc}"
+        rows.append((what, size, outcome, result.peak_rss_mb - baseline, seconds))
+    return rows
+
+
 def fuzz(work: Path, checkpoint: Path):
     cases = all_cases(14, str(checkpoint))
     baseline = run_lowbit(["report", str(work / "no-such-run")]).peak_rss_mb  # a child that reads nothing
@@ -129,8 +204,11 @@ def fuzz(work: Path, checkpoint: Path):
     for i, case in enumerate(cases):
         result, problem = run_case(case, work / f"fuzz{i:03d}", baseline)
         group = "malformed configs and overrides" if case.kind == "override" else "hostile files"
+        sandbox = work / f"fuzz{i:03d}"
+        made = (sandbox / "runs").is_dir() and any((sandbox / "runs").iterdir())
+        refused = "refused after its run directory was made" if made else "refused before any folder was made"
         outcome = "failed: " + problem.splitlines()[0] if problem else (
-            "refused" if result.rc == 2 else "ran correctly" if result.rc == 0 else "stopped cleanly (diverged)")
+            refused if result.rc == 2 else "ran correctly" if result.rc == 0 else "stopped cleanly (diverged)")
         counts.setdefault(group, {}).setdefault(outcome, 0)
         counts[group][outcome] += 1
         if case.kind != "override":
@@ -167,6 +245,10 @@ def main_(args) -> None:
     resume = {"train": ["train", "--quiet", "--resume"], "probe": ["probe", "--quiet", "--resume"],
               "analyze": ["analyze", "weights", "--quiet", "--resume"]}
     start = time.perf_counter()
+    if args.fuzz_only:
+        total, counts, peak = fuzz(work, checkpoint)
+        print(counts, peak)
+        return
     print(f"Machine: {cpu_name()}; load average {os.getloadavg()[0]:.1f} at the start (shared machine)\n")
     print("| command | fault | writes of an undisturbed run | faults injected | survived | of them before the run existed |")
     print("|:---|:---|---:|---:|---:|---:|")
@@ -185,6 +267,13 @@ def main_(args) -> None:
             print(f"| {name} | {signame} | {injected} | {survived} |")
     rounds, errors, duplicates = concurrency(work)
     print(f"\ncreate_run_dir from 6 processes at one instant, {rounds} rounds: {errors} errors, {duplicates} shared folders")
+    rounds, exclusive, rows_right = two_resumes(work)
+    print(f"\ntwo `train --resume` of one run started together, {rounds} rounds: one ran and one refused in {exclusive}, "
+          f"metrics.csv with exactly 2 rows (2 epochs) in {rows_right}")
+    print("\n| hostile file of the issue | bytes | outcome | peak memory added (MB) | seconds |")
+    print("|:---|---:|:---|---:|---:|")
+    for what, size, outcome, peak_mb, seconds in issue_repros(work):
+        print(f"| {what} | {size:,} | {outcome} | {peak_mb:.0f} | {seconds:.2f} |")
     total, counts, peak = fuzz(work, checkpoint)
     print(f"\nFuzz suite (seed 14): {total} cases")
     print("| inputs | outcome | cases |")
@@ -200,4 +289,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--signals", type=int, default=10, help="runs per signal and command")
     parser.add_argument("--train-writes", type=int, default=40, help="write numbers sampled for training faults")
+    parser.add_argument("--fuzz-only", action="store_true", help="only the fuzz counts (a quick look)")
     main_(parser.parse_args())

@@ -4,7 +4,8 @@ Every case (``tests/fuzz_cases.py``) runs as a real lowbit process forked from
 this one (``tests/faults.py``), in its own sandbox folder as working directory,
 with its address space capped. Each must either be rejected with an error
 that names the key or the file at fault (exit 2; a diverged training run,
-exit 1, is a clean stop too), or run correctly (exit 0, a report written) —
+exit 1, is a clean stop too) before any run directory is made, or run
+correctly (exit 0, a report written) —
 never a traceback or an "internal error", never the payload of a hostile file
 (a marker file), never a file outside the sandbox, never memory beyond a bound.
 """
@@ -92,6 +93,9 @@ def run_case(case, sandbox: Path, baseline_mb: float):
     strays = [p for p in written if allowed not in p.parents and ".lock" != p.name]
     if strays and not problem:
         problem = f"files written outside the runs directory: {[str(p.relative_to(sandbox)) for p in strays][:5]}"
+    runs = sandbox / "runs"
+    if result.rc == 2 and runs.is_dir() and any(runs.iterdir()) and not problem:
+        problem = "refused only after its run directory was made (every check must come first)"
     return result, problem
 
 

@@ -84,6 +84,8 @@ def _train_config(source: Any) -> Any:
 
 
 def _check_source(errors: List[str], key: str, source: Any) -> Optional[Any]:
+    if source.checkpoint is not None and source.train_config is not None:
+        errors.append(f"{key}.train_config={source.train_config!r} is used only without {key}.checkpoint; remove one of them")
     where = f"{key}.checkpoint" if source.checkpoint is not None else f"{key}.train_overrides"
     return _attempt(errors, where, lambda: _train_config(source))
 

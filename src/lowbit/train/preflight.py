@@ -109,6 +109,7 @@ def check_config(config: TrainConfig) -> None:
     attempt("", lambda: check_run_name(config.run_name, "run.name"))
     attempt("", lambda: check_threads(config.run.threads, "run.threads"))
     errors += _ranges(config)
+    errors += _schedule_names(config)
     errors += _built(config)
     if errors:
         flat = [line for e in errors for line in [e.replace("invalid config:\n  - ", "").replace("\n  - ", "; ")]]
@@ -132,6 +133,28 @@ def _ranges(config: TrainConfig) -> List[str]:
         if augment.cutout is not None and augment.cutout > side:
             errors.append(f"augment.cutout={augment.cutout} is larger than the {side}x{side} images; use at most {side}")
     return errors
+
+
+def _schedule_names(config: TrainConfig) -> List[str]:
+    """Every schedule named anywhere in the config (``schedule``, ``optim.bop.*_schedule``), used or not: a typo is refused."""
+    import dataclasses
+
+    from lowbit.registry import unknown_name_message
+    from lowbit.train.config import ScheduleConfig
+    from lowbit.train.schedules import SCHEDULES
+
+    errors: List[str] = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, ScheduleConfig):
+            if node.name not in SCHEDULES.names():
+                errors.append(f"{where}.name: " + unknown_name_message("schedule", node.name, SCHEDULES.names()))
+        elif dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                walk(getattr(node, f.name), f"{where}.{f.name}" if where else f.name)
+
+    walk(config, "")
+    return [e for e in errors if not e.startswith("schedule.name:")]  # the main schedule: check_names reports it
 
 
 def _known_side(config: TrainConfig) -> Optional[int]:
