@@ -646,3 +646,20 @@ def test_a_real_full_disk_is_one_line_and_the_run_resumes_when_space_returns(tmp
         assert same_train(run, reference)
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_read_only_runs_dir_is_refused_before_any_data(tmp_path):
+    import subprocess
+
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        for argv in (TRAIN, ["probe", "--quiet"], ["analyze", "weights", "--quiet"]):
+            result = run_lowbit(argv + ["--runs-dir", str(disk / "runs")])
+            assert result.rc == 2, (argv, result.err)
+            (line,) = result.err.strip().splitlines()
+            assert f"read-only file system at {str(disk)!r}" in line and "--runs-dir" in line
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

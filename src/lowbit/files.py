@@ -38,6 +38,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_writable",
     "file_mode",
     "fsync_dir",
     "remove_temp_files",
@@ -190,6 +191,31 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getbuffer())
+
+
+def check_writable(folder: PathLike) -> None:
+    """Raise :class:`StorageError` now if files cannot be made in ``folder`` (or where it would be made).
+
+    Checked before any data is loaded, so an unwritable, read-only or misspelt
+    ``--runs-dir`` costs a second, not a data load: the nearest existing part of
+    the path must be a folder that is writable, on a file system mounted
+    read-write.
+    """
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StorageError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+    try:
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            raise StorageError(errno.EROFS, os.strerror(errno.EROFS), str(existing))
+    except AttributeError:  # pragma: no cover - no statvfs
+        pass
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(errno.EACCES, os.strerror(errno.EACCES), str(existing))
 
 
 def is_temp_file(path: Path) -> bool:

@@ -17,6 +17,7 @@ import yaml
 
 from lowbit.config import load_config
 from lowbit.devices import resolve_device, set_tf32
+from lowbit.files import check_writable
 from lowbit.registry import UnknownNameError, unknown_name_message
 from lowbit.runs import (
     atomic_write_text,
@@ -127,6 +128,7 @@ def run_analysis(
             config = config_class()
         resolve_device(config.device)  # no such device: one line, before the run directory exists
         check_analysis(name, config)  # before the run directory exists
+        check_writable(run_dir if run_dir is not None else runs_dir)
         if run_dir is None:
             run_dir = create_run_dir(config.name, runs_dir)
         else:

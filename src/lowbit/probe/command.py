@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from lowbit.config import check_threads, load_config
+from lowbit.files import check_writable
 from lowbit.probe.config import ProbeConfig
 from lowbit.probe.plan import prepare
 from lowbit.probe.runner import run_grid
@@ -79,6 +80,7 @@ def run_probe(
         check_run_name(config.name, "name")
         check_threads(config.threads, "threads")
         prepare(config)  # every check before the run directory exists or any compute starts
+        check_writable(run_dir if run_dir is not None else runs_dir)
         if run_dir is None:
             run_dir = create_run_dir(config.name, runs_dir)
             hold_run_lock(run_dir)

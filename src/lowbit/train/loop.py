@@ -49,6 +49,7 @@ from torch import nn
 
 from lowbit.config import to_dict
 from lowbit.devices import set_tf32
+from lowbit.files import check_writable
 from lowbit.nn.latent import clip_latent_weights_
 from lowbit.runs import (
     RecordWriter,
@@ -476,6 +477,8 @@ def train(
     config = _with(config or TrainConfig(), data_dir, device)
     if resume is None:
         check_config(config)  # the checks that need no data: before any is loaded or any folder is made
+    if main:
+        check_writable(run_dir if run_dir is not None else runs_dir)  # a read-only --runs-dir: now, not after the data
     if config.distill is not None:  # a teacher glob becomes the run it names, saved so that a resume uses it
         config = dataclasses.replace(config, distill=resolve_teacher(config.distill))
     if rank is not None:
