@@ -91,23 +91,27 @@ def test_flip_ratio_equals_a_count_from_the_weights_themselves(tmp_path):
 
 
 def test_interrupted_bop_run_resumes_bit_identically(tmp_path):
-    overrides = tiny_binary(**{"run.epochs": 3, "optim.groups": "[{params: [binary], name: bop}, {params: ['type:BatchNorm2d'], name: sgd, lr: 0.01}]", "model.weight_clip": 1.0})
+    overrides = tiny_binary(**{
+        "run.epochs": 3, "data.train_subset": 128, "data.test_subset": 32,  # 4 steps of 32 per epoch
+        "optim.groups": "[{params: [binary], name: bop}, {params: ['type:BatchNorm2d'], name: sgd, lr: 0.01}]",
+        "model.weight_clip": 1.0,
+    })
     config_file = tmp_path / "tiny.yaml"
     save_config(load_train_config(None, overrides), config_file)
     reference = train(load_config(TrainConfig, config_file), run_dir=tmp_path / "reference")
 
     env = {k: v for k, v in os.environ.items() if k != INTERRUPT_ENV}
     command = [sys.executable, "-m", "lowbit", "train"]
-    # step 13 = epoch 2, batch 5 of 8: a real SIGINT mid-epoch, with Bop's moving averages and half an epoch of flips
+    # step 6 = epoch 2, batch 2 of 4: a real SIGINT mid-epoch, with Bop's moving averages and half an epoch of flips
     first = subprocess.run(
         [*command, str(config_file), "--runs-dir", str(tmp_path / "runs"), "--quiet"],
-        env={**env, INTERRUPT_ENV: "13"}, capture_output=True, text=True, timeout=120,
+        env={**env, INTERRUPT_ENV: "6"}, capture_output=True, text=True, timeout=120,
     )
     assert first.returncode == 130, first.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert (state["epoch"], state["position"], state["step"]) == (1, 5, 13)
-    assert state["flip_ratio"]["steps"] == 5 and sum(state["flip_ratio"]["flips"].values()) > 0
+    assert (state["epoch"], state["position"], state["step"]) == (1, 2, 6)
+    assert state["flip_ratio"]["steps"] == 2 and sum(state["flip_ratio"]["flips"].values()) > 0
     second = subprocess.run([*command, "--resume", str(run_dir), "--quiet"], env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     assert _metrics_without_time(run_dir) == _metrics_without_time(reference)  # flip ratios included

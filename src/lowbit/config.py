@@ -419,6 +419,10 @@ def _coerce(tp: Any, value: Any, path: str, errors: List[str]) -> Any:
             result = _coerce(option, value, path, trial)
             if not trial:
                 return result
+        # A mapping given for a Union with one dataclass option meant that dataclass: its own errors say more.
+        shaped = [a for a in options if dataclasses.is_dataclass(a)] if isinstance(value, Mapping) else []
+        if len(shaped) == 1:
+            return _coerce(shaped[0], value, path, errors)
         errors.append(f"{path}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
         return None
     if origin is Literal:

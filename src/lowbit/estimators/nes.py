@@ -157,25 +157,37 @@ class NES(GradientEstimator):
 
     def _evaluate(self, objective: Any, mu: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """L at μ + σs for every row of ``noise`` (and μ − σs with antithetic), (N,) float64."""
-        half, n_params = noise.shape
-        chunk = self.chunk or max(2, GENERIC_CHUNK_NUMBERS // max(1, n_params))
-        per_call = max(1, chunk // 2) if self.antithetic else chunk
-        plus = torch.empty(half, dtype=torch.float64)
-        minus = torch.empty(half, dtype=torch.float64) if self.antithetic else None
-        for start in range(0, half, per_call):
-            s = noise[start : start + per_call]  # (m, P)
-            rows = [mu + self.sigma * s]
-            if self.antithetic:
-                rows.append(mu - self.sigma * s)
-            members = torch.cat(rows)  # (m or 2m, P)
-            stacked = {k: v.reshape(members.shape[0], *objective.params[k].shape)
-                       for k, v in _columns(members, objective.params).items()}
-            values = objective.losses(stacked).double()
-            m = s.shape[0]
-            plus[start : start + m] = values[:m]
-            if minus is not None:
-                minus[start : start + m] = values[m:]
-        return plus if minus is None else torch.cat([plus, minus])
+        return evaluate_members(objective, mu, self.sigma, noise, self.antithetic, self.chunk)
+
+
+def evaluate_members(
+    objective: Any, mu: torch.Tensor, sigma: Any, noise: torch.Tensor, antithetic: bool, chunk: Optional[int] = None
+) -> torch.Tensor:
+    """L at μ + σ⊙s for every row s of ``noise`` (M, P), then at μ − σ⊙s with ``antithetic``; (N,) float64.
+
+    ``sigma``: a number or a (P,) tensor (separable NES). Members are evaluated
+    ``chunk`` at a time through ``objective.losses`` (default: by size); the
+    result does not depend on the chunk size.
+    """
+    half, n_params = noise.shape
+    chunk = chunk or max(2, GENERIC_CHUNK_NUMBERS // max(1, n_params))
+    per_call = max(1, chunk // 2) if antithetic else chunk
+    plus = torch.empty(half, dtype=torch.float64)
+    minus = torch.empty(half, dtype=torch.float64) if antithetic else None
+    for start in range(0, half, per_call):
+        offset = sigma * noise[start : start + per_call]  # (m, P)
+        rows = [mu + offset]
+        if antithetic:
+            rows.append(mu - offset)
+        members = torch.cat(rows).to(mu.dtype)  # (m or 2m, P)
+        stacked = {k: v.reshape(members.shape[0], *objective.params[k].shape)
+                   for k, v in _columns(members, objective.params).items()}
+        values = objective.losses(stacked).double()
+        m = offset.shape[0]
+        plus[start : start + m] = values[:m]
+        if minus is not None:
+            minus[start : start + m] = values[m:]
+    return plus if minus is None else torch.cat([plus, minus])
 
 
 def _weighted_rows(weights: torch.Tensor, noise: torch.Tensor, square: bool = False) -> torch.Tensor:
@@ -199,4 +211,4 @@ def _columns(rows: torch.Tensor, like) -> Params:
     return out
 
 
-__all__ = ["NES", "SHAPINGS", "SIGMA_PREFIX", "fitness_weights"]
+__all__ = ["NES", "SHAPINGS", "SIGMA_PREFIX", "evaluate_members", "fitness_weights"]

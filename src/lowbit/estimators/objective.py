@@ -16,10 +16,14 @@ answers four questions:
 - ``losses(stacked)``: L for many parameter sets at once; ``stacked[name]`` has
   shape (pop, *param.shape); returns (pop,) float64.
 - ``line_losses(direction, lrs)``: L(w − lr·d) for every lr, (n_lr,) float64.
-- ``coordinate_deltas(steps, params=None)``: L(w + s·e_i) − L(w) for every
-  studied coordinate i and every signed step s; name -> (n_steps, *shape)
-  float64. This is what CDG and DG need; returning the change rather than the
-  loss avoids cancellation in (L(w+εe_i) − L(w−εe_i)).
+- ``coordinate_deltas(steps, params=None)``: L(w + s_i·e_i) − L(w) for every
+  studied coordinate i and every step s; name -> (n_steps, *shape) float64.
+  A step is a number (the same s for every coordinate) or a mapping name ->
+  number or tensor of the parameter's shape (a step per layer, e.g. a
+  relative ε·mean|w_l|, or per coordinate, e.g. s_i = −2w_i, which negates
+  w_i: a sign flip of a binary weight). This is what CDG, DG and the flip
+  estimators need; returning the change rather than the loss avoids
+  cancellation in (L(w+εe_i) − L(w−εe_i)).
 
 The base class implements the last three generically on top of ``losses``
 (chunked); subclasses with structure (the teacher–student toy) override them
@@ -141,6 +145,37 @@ def checked_direction(objective: Objective, direction: Mapping[str, torch.Tensor
     return out
 
 
+Step = Union[float, Mapping[str, Union[float, torch.Tensor]]]
+
+
+def step_values(step: Step, like: Mapping[str, torch.Tensor]) -> Dict[str, Union[float, torch.Tensor]]:
+    """A step as name -> float or float64 tensor of the parameter's shape (a number applies to every name)."""
+    if isinstance(step, Mapping):
+        unknown = sorted(set(step) - set(like))
+        if unknown:
+            raise ValueError(f"step has unknown parameter names {unknown}; studied parameters: {sorted(like)}")
+        out: Dict[str, Union[float, torch.Tensor]] = {}
+        for name, ref in like.items():
+            value = step.get(name, 0.0)
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                if tuple(value.shape) != tuple(ref.shape):
+                    raise ValueError(f"step[{name!r}] must have shape {tuple(ref.shape)}, got {tuple(value.shape)}")
+                out[name] = value.detach().double()
+            else:
+                out[name] = float(value)
+        return out
+    return {name: float(step) for name in like}
+
+
+def step_vector(step: Step, like: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A step as one float64 vector over the flattened studied coordinates (``flatten`` order)."""
+    values = step_values(step, like)
+    return torch.cat([
+        v.reshape(-1) if isinstance(v, torch.Tensor) else torch.full((like[k].numel(),), v, dtype=torch.float64)
+        for k, v in values.items()
+    ])
+
+
 def generic_line_losses(objective: Objective, direction: Mapping[str, torch.Tensor], lrs: Any) -> torch.Tensor:
     """L(w − lr·d) by evaluating ``objective.losses`` on chunks of the lr grid."""
     lrs64 = as_lr_tensor(lrs)
@@ -159,9 +194,9 @@ def generic_line_losses(objective: Objective, direction: Mapping[str, torch.Tens
 
 
 def generic_coordinate_deltas(
-    objective: Objective, steps: Sequence[float], params: Optional[Mapping[str, torch.Tensor]] = None
+    objective: Objective, steps: Sequence[Step], params: Optional[Mapping[str, torch.Tensor]] = None
 ) -> Params:
-    """L(w + s·e_i) − L(w) by evaluating ``objective.losses`` on chunks of single-coordinate moves.
+    """L(w + s_i·e_i) − L(w) by evaluating ``objective.losses`` on chunks of single-coordinate moves.
 
     L(w) is evaluated through the same ``losses`` path, so that the difference
     is exactly 0 for a move that changes nothing.
@@ -174,17 +209,18 @@ def generic_coordinate_deltas(
 
 def subset_coordinate_deltas(
     objective: Objective,
-    steps: Sequence[float],
+    steps: Sequence[Step],
     coords: torch.Tensor,
     params: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> torch.Tensor:
-    """L(w + s·e_i) − L(w) for the flat coordinates ``coords`` only; (n_steps, len(coords)) float64.
+    """L(w + s_i·e_i) − L(w) for the flat coordinates ``coords`` only; (n_steps, len(coords)) float64.
 
     Coordinates index the studied parameters flattened and concatenated in
-    ``objective.params`` order (as :func:`lowbit.estimators.flatten`).
+    ``objective.params`` order (as :func:`lowbit.estimators.flatten`); a step
+    is a number or a per-parameter mapping (see ``Objective.coordinate_deltas``).
     """
-    steps = [float(s) for s in steps]
     w = objective.with_params(params)
+    steps = [step_vector(s, w) for s in steps]  # (P,) float64 each
     base = flatten({k: v.detach() for k, v in w.items()})  # (P,)
     n = base.numel()
     coords = torch.as_tensor(coords, dtype=torch.long).reshape(-1)
@@ -197,7 +233,7 @@ def subset_coordinate_deltas(
         for start in range(0, len(coords), chunk):
             idx = coords[start : start + chunk]
             members = base.unsqueeze(0).repeat(len(idx), 1)  # (m, P)
-            members[torch.arange(len(idx)), idx] += s
+            members[torch.arange(len(idx)), idx] += s[idx].to(members.dtype)
             stacked = {k: v.reshape(len(idx), *w[k].shape) for k, v in _split_rows(members, w).items()}
             out[si, start : start + len(idx)] = objective.losses(stacked) - base_loss
     return out
@@ -408,7 +444,10 @@ __all__ = [
     "generic_line_losses",
     "is_sign_activation",
     "resolve_surrogate",
+    "Step",
     "stacked_size",
+    "step_values",
+    "step_vector",
     "subset_coordinate_deltas",
     "with_surrogate",
 ]

@@ -13,7 +13,11 @@ N(0, 1)), where a teacher with the same architecture labels the data.
 Layers are exposed in order as ``model.layers`` (parameter names
 ``layers.0.weight``, ``layers.1.weight``, ...), the activations as
 ``model.acts``. Weights are float; initialisation is PyTorch's default for
-``nn.Linear`` (U(-1/sqrt(dim), 1/sqrt(dim))).
+``nn.Linear`` (U(-1/sqrt(dim), 1/sqrt(dim))). With ``weight_quantizer`` (e.g.
+``"xnor_weight"``: α_i sign(W_ij), α_i = mean_j |W_ij|) the layers are
+``lowbit.nn.BinaryLinear`` with float inputs: the forward uses the quantized
+weights, ``.weight`` stays the latent float weight (the notes' networks with
+binary weights as well as binary activations).
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ import torch
 from torch import nn
 
 from lowbit.models.registry import register_model
-from lowbit.nn import QuantizerSpec, fresh_quantizer
+from lowbit.nn import BinaryLinear, QuantizerSpec, fresh_quantizer
 
 
 class ToyMLP(nn.Module):
     """x: (N, dim) -> (N, dim); ``depth`` bias-free Linear(dim, dim) with ``act`` between them."""
 
-    def __init__(self, dim: int, depth: int = 3, act: QuantizerSpec = "ste") -> None:
+    def __init__(self, dim: int, depth: int = 3, act: QuantizerSpec = "ste", weight_quantizer: QuantizerSpec = None) -> None:
         super().__init__()
         bad = {
             k: v for k, v in (("dim", dim), ("depth", depth)) if isinstance(v, bool) or not isinstance(v, int) or v < 1
@@ -40,7 +44,13 @@ class ToyMLP(nn.Module):
         self.dim = dim
         self.depth = depth
         self.act_spec = act
-        self.layers = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(depth))
+        self.weight_quantizer_spec = weight_quantizer
+        if weight_quantizer is None:
+            self.layers = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(depth))
+        else:
+            self.layers = nn.ModuleList(
+                BinaryLinear(dim, dim, input_quantizer=None, weight_quantizer=weight_quantizer) for _ in range(depth)
+            )
         # One quantizer per gap between layers; an empty list for depth 1.
         acts = [fresh_quantizer(act) for _ in range(depth - 1)]
         self.acts = nn.ModuleList(a if a is not None else nn.Identity() for a in acts)
@@ -60,13 +70,14 @@ def toy_mlp(
     dim: int = 16,
     depth: int = 3,
     act: Optional[QuantizerSpec] = "ste",
+    weight_quantizer: Optional[QuantizerSpec] = None,
     *,
     num_classes: int = 10,
     in_channels: int = 3,
 ) -> ToyMLP:
     """The teacher-student MLP (see the module docstring). ``num_classes`` and ``in_channels`` are ignored:
     input and output are both ``dim`` wide. ``dim`` defaults to 16 (the notes sweep 2..64)."""
-    return ToyMLP(dim, depth=depth, act=act)
+    return ToyMLP(dim, depth=depth, act=act, weight_quantizer=weight_quantizer)
 
 
 __all__ = ["ToyMLP", "toy_mlp"]

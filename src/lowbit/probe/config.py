@@ -24,6 +24,9 @@ class TaskConfig:
     # Student activation: a quantizer name, {name: ..., **params} (e.g. {name: uniform_act, levels: 3}),
     # or "none" for the full-precision control.
     act: Union[str, Dict[str, Any]] = "ste"
+    # The student's weights: real, or binary = XNOR weights alpha_i * sign(W_ij), alpha_i = mean_j |W_ij|,
+    # on latent float weights (the notes' networks binarise both; lowbit.probe.toy_binary). Same teacher either way.
+    weights: Literal["real", "binary"] = "real"
     batch_size: int = 4096  # samples per measured batch; notes: 160000 (GPU), 16000 in later notes
     pretrain_steps: int = 0  # notes 2021-05-17: 2000 steps of 16000 samples, then NES failed
     pretrain_batch_size: int = 1024
@@ -52,6 +55,10 @@ class LrGridConfig:
     max: float = 10.0
     num: int = 1000  # the notes scanned 1e-5..1e-1 at 1e-5 (10^4 points): set num=10000, scale=linear
     scale: Literal["log", "linear"] = "log"
+    # Bracket the optimum: while the best lr sits on an edge of the grid, add a decade beyond it (at the
+    # grid's density; never past the common budget, nor below 1e-12 or above 1e6), then refine between
+    # the best lr's neighbours. `measure.lr_grid: auto` is this with the default min/max/num.
+    auto: bool = False
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -74,7 +81,8 @@ class BudgetConfig:
 
 @dataclass
 class MeasureConfig:
-    lr_grid: LrGridConfig = field(default_factory=LrGridConfig)
+    # The line search's lrs; "auto" = the default grid with `auto: true` (widened until it brackets the optimum).
+    lr_grid: Union[LrGridConfig, Literal["auto"]] = field(default_factory=LrGridConfig)
     quick_lr: float = 0.1  # notes 2021-04-30 "quick check": one fixed lr
     normalize: Literal["global", "per_layer", "none"] = "global"  # unit-normalise ĝ before stepping
     reference: Optional[str] = "cdg"  # label of the estimator others are compared with (cosine); null = none
@@ -82,6 +90,8 @@ class MeasureConfig:
     compare: List[List[str]] = field(default_factory=list)  # pairs [a, b]: records (L_a − L_b) / L_a
 
     def __post_init__(self) -> None:
+        if self.lr_grid == "auto":
+            self.lr_grid = LrGridConfig(auto=True)
         if self.quick_lr <= 0:
             raise ValueError(f"measure.quick_lr must be > 0, got {self.quick_lr}")
         if self.curve_points < 2:
@@ -164,6 +174,27 @@ class StatsConfig:
             raise ValueError(f"stats.batch_size must be >= 1, got {self.batch_size}")
 
 
+@dataclass
+class TrajectoryConfig:
+    """Loss curves of iterative methods from each unit's weights under one budget of loss evaluations
+    (lowbit.probe.trajectory): the notes' iterative NES beside STE-SGD and multi-step STE."""
+
+    evaluations: int = 0  # loss evaluations per method and unit; 0 = off
+    points: int = 40  # curve points per method, evenly spaced in evaluations
+    heldout: bool = True  # also the loss on a held-out batch at every point
+    # Each entry: {name: <estimator>, label, **params} as in `estimators`, plus how it steps: lr (gradient
+    # estimators: the step size, required), optimizer (sgd | sgdm | adam), normalize (unit-normalise ĝ first).
+    methods: List[Dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.evaluations < 0:
+            raise ValueError(f"trajectory.evaluations must be >= 0 (0: off), got {self.evaluations}")
+        if self.points < 1:
+            raise ValueError(f"trajectory.points must be >= 1, got {self.points}")
+        if self.evaluations and not self.methods:
+            raise ValueError("trajectory.evaluations is set but trajectory.methods is empty; list the methods to run")
+
+
 def _default_estimators() -> List[Dict[str, Any]]:
     return [
         {"name": "cdg", "eps": 0.1},
@@ -196,6 +227,7 @@ class ProbeConfig:
     # then sweep x inits x layers x batches, and probe.dims and task are unused.
     network: Optional[NetworkConfig] = None
     stats: StatsConfig = field(default_factory=StatsConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     def __post_init__(self) -> None:
         self.probe.check_select("dim" if self.network is None else "layer")
@@ -203,6 +235,8 @@ class ProbeConfig:
             self.probe.check_sweep(list(TaskConfig.__dataclass_fields__), "task")
             if self.stats.batches:
                 raise ValueError("stats (STE gradient statistics over mini-batches) needs a network: section")
+        elif self.trajectory.evaluations:
+            raise ValueError("trajectory (loss curves under a budget) runs on the toy task; remove the network: section or set trajectory.evaluations: 0")
         else:
             self.probe.check_sweep(list(NetworkConfig.__dataclass_fields__), "network")
             if self.probe.layers != "all" and any(not isinstance(x, str) for x in self.probe.layers):

@@ -5,11 +5,14 @@ the first task of each position (a toy dim, a network layer):
 
 - a line search: ``lr_grid.num + 1`` loss evaluations with every studied
   coordinate moved, each timed on a few members (``time_per_full_evaluation``);
-- NES: ``population`` such evaluations;
-- network CDG: one single-coordinate evaluation per measured coordinate (two
-  when central), timed on 8 random coordinates (pruning makes the cost depend on ε);
+- NES and Bernoulli NES: ``population`` such evaluations; SNES ``population × iterations``;
+- network CDG and flip CDG: one single-coordinate evaluation per measured
+  coordinate (two for central CDG), timed on 8 random coordinates (pruning
+  makes the cost depend on ε);
 - every other toy estimator (CDG with its exact fast path, STE, DG, multi-step
   STE): one call, timed directly.
+
+- trajectories: one step of every method, timed, times the steps its budget allows.
 
 Pretraining and the STE statistics are left out, and the estimate says so.
 """
@@ -71,16 +74,31 @@ def estimate_time(
         seconds = len(specs) * line_points * full
         parts = [f"line searches {len(specs)} x {line_points} evaluations ({full * 1e3:.1f} ms each)"]
         for index, spec in enumerate(specs):
-            if spec.name == "nes":
-                seconds += int(spec.params.get("population", 100)) * full
+            members = population_evaluations(spec, objective.numel())
+            if members is not None:
+                seconds += members * full
             elif config.network is not None:
-                if spec.name == "cdg":
-                    per = time_per_evaluation(objective, float(spec.params.get("eps", 0.1)))
+                if spec.name in ("cdg", "flip_cdg"):
+                    estimator = get_estimator(spec.name, **spec.params)
+                    if spec.name == "cdg":
+                        step: Any = estimator.steps_for(objective.params)
+                        moves = 2 if estimator.central else 1
+                    else:
+                        from lowbit.estimators.flips import flip_steps
+
+                        step, moves = flip_steps(objective.params), 1
+                    per = time_per_evaluation(objective, step)
                     coords = min(objective.numel(), spec.params.get("coords") or objective.numel())
-                    seconds += coords * (2 if spec.params.get("central", True) else 1) * per
+                    seconds += coords * moves * per
                     parts.append(f"{spec.label}: {coords} of {objective.numel()} coordinates at {per * 1e3:.1f} ms")
             else:
                 seconds += time_estimator(spec, objective, index)
+        if config.trajectory.evaluations:
+            from lowbit.probe.trajectory import time_trajectories
+
+            spent, methods = time_trajectories(config.trajectory, objective)
+            seconds += spent
+            parts.append(f"trajectories {methods} x {config.trajectory.evaluations} evaluations (~{duration(spent)})")
         estimate.per_unit[position] = seconds
         estimate.details[position] = ", ".join(parts)
     return estimate
@@ -110,6 +128,18 @@ def estimate_run(config: ProbeConfig) -> TimeEstimate:
     estimate = estimate_time(config, specs, positions, task_for)
     estimate.layers = layers
     return estimate
+
+
+def population_evaluations(spec: EstimatorSpec, numel: int) -> Any:
+    """Loss evaluations of a population estimator (NES, Bernoulli NES, SNES); None for the others."""
+    if spec.name in ("nes", "bernoulli_nes"):
+        return int(spec.params.get("population", 5000 if spec.name == "nes" else 1000))
+    if spec.name == "snes":
+        from lowbit.estimators.snes import default_population
+
+        population = spec.params.get("population") or default_population(numel, spec.params.get("antithetic", True))
+        return int(population) * int(spec.params.get("iterations", 10))
+    return None
 
 
 def _left_out(config: ProbeConfig) -> List[str]:
@@ -150,8 +180,10 @@ def time_per_full_evaluation(objective: Any, members: int = 4, repeats: int = 3)
     return best / members
 
 
-def time_per_evaluation(objective: Any, step: float, members: int = 8) -> float:
-    """Seconds per single-coordinate loss evaluation L(w + step·e_i), timed on ``members`` random coordinates."""
+def time_per_evaluation(objective: Any, step: Any, members: int = 8) -> float:
+    """Seconds per single-coordinate loss evaluation L(w + s_i·e_i), timed on ``members`` random coordinates.
+
+    ``step``: a number or a per-parameter mapping (``Objective.coordinate_deltas``)."""
     from lowbit.estimators import subset_coordinate_deltas
 
     generator = torch.Generator().manual_seed(0)

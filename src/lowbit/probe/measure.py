@@ -6,12 +6,18 @@ w − lr·ĝ" (displacement methods return ĝ = −Δw, so lr = 1 is their chose
 - loss decrease along ĝ:  ΔL(lr) = L(w) − L(w − lr·n(ĝ)), n(ĝ) = ĝ/‖ĝ‖ ("global"),
   per-layer ĝ_l/‖ĝ_l‖ ("per_layer") or ĝ ("none");
 - cosine with a reference r (CDG): ⟨ĝ, r⟩ / (‖ĝ‖‖r‖), overall and per layer;
-- normalised difference of two methods' best losses: (L_a − L_b) / L_a.
+- normalised difference of two methods' best losses: (L_a − L_b) / L_a;
+- the line search itself (:func:`line_search`): ΔL on an lr grid, the best lr
+  and whether it sits on an edge of the grid; with ``auto`` the grid is
+  widened by a decade at a time beyond the edge the best lr sits on, until the
+  curve turns (the best lr is interior), then refined between the best lr's
+  two neighbours.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, Literal, Mapping, Optional
 
 import torch
@@ -92,3 +98,86 @@ def subsample_indices(n: int, k: int) -> torch.Tensor:
     if n <= k:
         return torch.arange(n)
     return torch.unique(torch.linspace(0, n - 1, k).round().long())
+
+
+# Limits of the automatic widening: 1e-12 is below any step that changes a float32 weight of
+# order 1; 1e6 far above any useful step along a unit direction (‖w‖ of the toy is about √dim).
+AUTO_LR_FLOOR = 1e-12
+AUTO_LR_CEILING = 1e6
+AUTO_MAX_WIDEN = 12  # decades added at most (each a line search of a few dozen points)
+
+
+@dataclass
+class LineSearch:
+    """ΔL(lr) = L(w) − L(w − lr·d) on ascending ``lrs``; the best point and where it sits.
+
+    ``edge``: −1 when the best lr is the grid's smallest, +1 its largest, 0 inside
+    (or when no lr decreases the loss, where there is no best to bracket).
+    ``widened``: decades the automatic search added.
+    """
+
+    lrs: torch.Tensor
+    decrease: torch.Tensor
+    widened: int = 0
+
+    @property
+    def best(self) -> int:
+        return int(torch.argmax(self.decrease))
+
+    @property
+    def edge(self) -> int:
+        b = self.best
+        if len(self.lrs) < 2 or not float(self.decrease[b]) > 0:
+            return 0
+        return -1 if b == 0 else 1 if b == len(self.lrs) - 1 else 0
+
+
+def line_search(
+    objective,
+    direction: Params,
+    lrs: torch.Tensor,
+    base_loss: float,
+    auto: bool = False,
+    floor: float = AUTO_LR_FLOOR,
+    ceiling: float = AUTO_LR_CEILING,
+) -> LineSearch:
+    """ΔL on the grid ``lrs`` (ascending); with ``auto``, widen and refine it (module docstring).
+
+    Widening keeps the grid's density (points per decade, at least 10) and stays
+    within [``floor``, ``ceiling``] (the ceiling is the common budget's radius when
+    there is one). The refinement adds ``max(20, len(lrs) // 10)`` evenly spaced
+    lrs between the best lr's neighbours. All lrs are evaluated exactly by
+    ``objective.line_losses``.
+    """
+    lrs = lrs.double()
+    search = LineSearch(lrs, base_loss - objective.line_losses(dict(direction), lrs).double())
+    if not auto:
+        return search
+    decades = max(math.log10(float(lrs[-1]) / float(lrs[0])), 1.0) if float(lrs[0]) > 0 else 1.0
+    per_decade = max(10, math.ceil(len(lrs) / decades))
+
+    def add(new: torch.Tensor) -> None:
+        new = new[(new > 0) & torch.isfinite(new)]
+        if len(new) == 0:
+            return
+        values = base_loss - objective.line_losses(dict(direction), new).double()
+        merged = torch.cat([search.lrs, new])
+        order = torch.argsort(merged, stable=True)
+        search.lrs, search.decrease = merged[order], torch.cat([search.decrease, values])[order]
+
+    for _ in range(AUTO_MAX_WIDEN):
+        edge = search.edge
+        if edge == 1 and float(search.lrs[-1]) < ceiling:
+            top = float(search.lrs[-1])
+            add(torch.logspace(math.log10(top), math.log10(min(10 * top, ceiling)), per_decade + 1, dtype=torch.float64)[1:])
+        elif edge == -1 and float(search.lrs[0]) > floor:
+            bottom = float(search.lrs[0])
+            add(torch.logspace(math.log10(max(bottom / 10, floor)), math.log10(bottom), per_decade + 1, dtype=torch.float64)[:-1])
+        else:
+            break
+        search.widened += 1
+    b = search.best
+    if 0 < b < len(search.lrs) - 1 and float(search.decrease[b]) > 0:
+        lo, hi = float(search.lrs[b - 1]), float(search.lrs[b + 1])
+        add(torch.linspace(lo, hi, max(20, len(lrs) // 10) + 2, dtype=torch.float64)[1:-1])
+    return search

@@ -155,6 +155,13 @@ def prepare(config: ProbeConfig) -> List[EstimatorSpec]:
             errors.append(f"probe.layers {bad} do not exist: the toy MLP has layers 0..{config.task.depth - 1}")
     if config.network is not None:
         errors += _check_stats(config, specs)
+    if config.trajectory.evaluations:
+        from lowbit.probe.trajectory import expand_methods
+
+        try:
+            expand_methods(config.trajectory.methods)
+        except ValueError as error:
+            errors.append(str(error))
     names: List[str] = []
     for condition in task_conditions(config):
         try:
@@ -235,6 +242,7 @@ def make_task(
         act=settings["act"],
         batch_size=1 if check_only else settings["batch_size"],
         seed=config.seed + init,
+        weights=settings["weights"],
     )
     if settings["pretrain_steps"] > 0 and pretrain and not check_only:
         task.pretrain(

@@ -24,8 +24,10 @@ from lowbit.estimators import get_estimator
 from lowbit.probe.config import EstimatorSpec, ProbeConfig
 from lowbit.probe.estimate import estimate_time
 from lowbit.probe.measure import (
+    AUTO_LR_CEILING,
     cosine,
     cosine_per_layer,
+    line_search,
     lr_grid,
     normalize_direction,
     normalized_difference,
@@ -71,6 +73,9 @@ def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate
     done = completed_units(records_path, [u.id for u in units])  # verified: planned units, each recorded once
     writer = RecordWriter(records_path)  # drops the rows of a unit whose write was cut short (with a warning)
     todo = [u for u in units if u.id not in done]
+    # Into a redirected log the bar is redrawn only every _bar_interval() seconds: a postfix change must
+    # not force a redraw there (tqdm's set_postfix_str refreshes by default, i.e. two lines per unit).
+    interactive = sys.stderr.isatty()
     bar = tqdm(total=len(units), initial=len(units) - len(todo), disable=not progress, desc="probe", unit="unit",
                mininterval=_bar_interval())
     computed = 0
@@ -82,12 +87,12 @@ def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate
             position, condition, init, batch = unit
             key = (None if config.network is not None else position, tuple(condition.items()), init)
             if key != task_key:  # consecutive units share the (possibly pretrained) task
-                bar.set_postfix_str(f"{unit.id}: building the task")
+                bar.set_postfix_str(f"{unit.id}: building the task", refresh=interactive)
                 first = task_key is None
                 task_key, task = key, make_task(config, position, condition, init)
                 if estimate and first and config.network is not None:
                     _print_estimate(config, specs, todo, lambda layer: task, bar)
-            bar.set_postfix_str(unit.id)
+            bar.set_postfix_str(unit.id, refresh=interactive)
             if position == STATS:
                 records = measure_stats_unit(config, specs, task, layers, condition, init)
             else:
@@ -147,8 +152,20 @@ def measure_unit(
         estimator = get_estimator(spec.name, **spec.params)
         generator = torch.Generator().manual_seed(stable_seed(config.seed, uid, index, spec.label))
         start = time.perf_counter()
-        estimates[spec.label] = estimator.estimate(objective, generator=generator)
+        estimate = estimator.estimate(objective, generator=generator)
         seconds = time.perf_counter() - start
+        # Extra outputs beside the step (NES with return_sigma: the gradient for σ under "sigma:<name>")
+        # are recorded, not stepped along: the line search and the cosines see the studied parameters only.
+        estimates[spec.label] = {k: v for k, v in estimate.items() if k in params}
+        extras: Dict[str, Dict[str, float]] = {}
+        for key in sorted(set(estimate) - set(params)):
+            kind, _, layer = key.partition(":")  # "sigma:layers.0.weight" -> metric sigma_gradient, that layer
+            extras.setdefault(f"{kind}_gradient", {})[layer or key] = float(estimate[key].double().sum())
+        for metric, per_layer in extras.items():
+            row = {**base_row, "estimator": spec.label, "metric": metric}
+            rows.append({**row, "layer": "all", "value": sum(per_layer.values())})
+            if len(per_layer) > 1:
+                rows += [{**row, "layer": layer, "value": value} for layer, value in per_layer.items()]
         displacement[spec.label] = bool(getattr(estimator, "returns_displacement", False))
         rows.append({**base_row, "estimator": spec.label, "layer": "all", "metric": "seconds", "value": seconds})
         subset = getattr(estimator, "last_subset", None)
@@ -158,35 +175,41 @@ def measure_unit(
             rows.append({**base_row, "estimator": spec.label, "layer": "all", "metric": "coords", "value": measured})
 
     measure = config.measure
+    grid = measure.lr_grid
     norm = config.budget.norm if config.budget is not None else "l2"
-    hi = measure.lr_grid.max if config.budget is None else min(measure.lr_grid.max, config.budget.radius)
-    lo = min(measure.lr_grid.min, hi)
-    lrs = lr_grid(lo, hi, measure.lr_grid.num, measure.lr_grid.scale)
-    kept = subsample_indices(len(lrs), measure.curve_points)
+    hi = grid.max if config.budget is None else min(grid.max, config.budget.radius)
+    lo = min(grid.min, hi)
+    lrs = lr_grid(lo, hi, grid.num, grid.scale)
+    ceiling = AUTO_LR_CEILING if config.budget is None else config.budget.radius
     reference = estimates.get(measure.reference) if measure.reference else None
     best_loss: Dict[str, float] = {}
+    quick_lr = torch.tensor([measure.quick_lr], dtype=torch.float64)
 
     for label, estimate in estimates.items():
         row = {**base_row, "estimator": label, "layer": "all"}
         direction = normalize_direction(estimate, measure.normalize, norm)
-        # One vectorised line search: the fine grid plus the quick-check lr.
-        all_lrs = torch.cat([lrs, torch.tensor([measure.quick_lr], dtype=torch.float64)])
-        losses = objective.line_losses(direction, all_lrs).double()
-        curve = base_loss - losses[:-1]
-        quick = base_loss - float(losses[-1])
-        best = int(torch.argmax(curve))
+        search = line_search(objective, direction, lrs, base_loss, auto=grid.auto, ceiling=ceiling)
+        quick = base_loss - float(objective.line_losses(direction, quick_lr)[0])
+        best = search.best
+        best_lr = float(search.lrs[best])
+        kept = subsample_indices(len(search.lrs), measure.curve_points)
         rows += [
             {**row, "metric": "quick_decrease", "lr": measure.quick_lr, "value": quick},
-            {**row, "metric": "best_decrease", "lr": float(lrs[best]), "value": float(curve[best])},
-            {**row, "metric": "best_lr", "value": float(lrs[best])},
+            {**row, "metric": "best_decrease", "lr": best_lr, "value": float(search.decrease[best])},
+            {**row, "metric": "best_lr", "value": best_lr},
+            {**row, "metric": "best_lr_edge", "value": search.edge},
         ]
-        rows += [{**row, "metric": "decrease", "lr": float(lrs[i]), "value": float(curve[i])} for i in kept.tolist()]
+        if grid.auto:
+            rows.append({**row, "metric": "lr_grid_widened", "value": search.widened})
+        rows += [
+            {**row, "metric": "decrease", "lr": float(search.lrs[i]), "value": float(search.decrease[i])} for i in kept.tolist()
+        ]
         if displacement[label]:
             own = float(objective.line_losses(dict(estimate), torch.tensor([1.0], dtype=torch.float64))[0])
             rows.append({**row, "metric": "step_decrease", "value": base_loss - own})
             best_loss[label] = own
         else:
-            best_loss[label] = base_loss - float(curve[best])
+            best_loss[label] = base_loss - float(search.decrease[best])
         rows.append({**row, "metric": "best_loss", "value": best_loss[label]})
         if reference is not None and label != measure.reference and measure.reference in subsets:
             value, se = subset_cosine(reference, estimate, subsets[measure.reference])
@@ -196,6 +219,8 @@ def measure_unit(
             if len(estimate) > 1:
                 for layer, value in cosine_per_layer(estimate, reference).items():
                     rows.append({**row, "layer": layer, "metric": "cosine", "value": value})
+    if config.trajectory.evaluations:
+        rows += _trajectories(config, task, objective, base_row, uid, batch)
     for a, b in measure.compare:
         rows.append(
             {
@@ -207,6 +232,15 @@ def measure_unit(
             }
         )
     return rows
+
+
+def _trajectories(config: ProbeConfig, task: Any, objective: Any, base_row: Dict[str, Any], uid: str, batch: int):
+    """The unit's loss curves under the evaluation budget (``lowbit.probe.trajectory``), on the toy."""
+    from lowbit.probe.trajectory import trajectory_records
+
+    heldout = task.objective(layers=config.probe.layers, batch=config.probe.batches + batch) if config.trajectory.heldout else None
+    return trajectory_records(config.trajectory, objective, heldout, base_row,
+                              lambda label: stable_seed(config.seed, uid, "trajectory", label))
 
 
 def measure_stats_unit(

@@ -24,7 +24,7 @@ tr Σ / ‖G‖² = 1/ste_snr at batch size 1).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +34,15 @@ from lowbit.estimators import ModuleObjective, resolve_surrogate, ste_gradient
 
 
 def ste_gradients(
-    model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], params: Sequence[str], surrogate: Any
+    model: nn.Module,
+    batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+    params: Sequence[str],
+    surrogate: Any,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> Iterable[Dict[str, torch.Tensor]]:
-    """The STE gradient of the mean cross-entropy for each mini-batch (one dict per batch)."""
+    """The STE gradient of ``loss_fn`` (default: the mean cross-entropy) for each mini-batch (one dict per batch)."""
     for x, y in batches:
-        objective = ModuleObjective(model, (x, y), loss_fn=F.cross_entropy, params=params)
+        objective = ModuleObjective(model, (x, y), loss_fn=loss_fn, params=params)
         yield ste_gradient(objective, surrogate)
 
 
@@ -95,6 +99,7 @@ def ste_statistics_records(
     batches: Sequence[Tuple[torch.Tensor, torch.Tensor]],
     layers: Mapping[str, str],
     surrogates: Mapping[str, Any],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> List[Dict[str, Any]]:
     """Records ``{estimator, probed_layer, metric, value}`` for every surrogate × layer.
 
@@ -105,7 +110,7 @@ def ste_statistics_records(
     names = list(layers.values())
     for label, spec in surrogates.items():
         surrogate = resolve_surrogate(spec) if isinstance(spec, (str, dict)) else spec
-        stats = gradient_statistics(ste_gradients(model, batches, names, surrogate))
+        stats = gradient_statistics(ste_gradients(model, batches, names, surrogate, loss_fn))
         for layer, param in layers.items():
             for metric, value in stats[param].items():
                 rows.append({"estimator": label, "probed_layer": layer, "metric": metric, "value": value})

@@ -69,12 +69,14 @@ import torch.nn.functional as F
 from lowbit.estimators.base import GradientEstimator, get_estimator
 from lowbit.estimators.objective import (
     Objective,
+    Step,
     SurrogateSpec,
     as_lr_tensor,
     checked_direction,
     is_sign_activation,
     resolve_surrogate,
     stacked_size,
+    step_values,
     with_surrogate,
 )
 
@@ -84,6 +86,9 @@ STREAM_TEACHER, STREAM_STUDENT, STREAM_PROBE, STREAM_TRAIN, STREAM_PRETRAIN_ESTI
 TEACHER_ACT = "ste"  # the binary teacher of the notes; only its forward (sign) matters
 
 PRETRAIN_OPTIMIZERS = ("adam", "sgd", "sgdm")
+
+WEIGHT_KINDS = ("real", "binary")
+BINARY_WEIGHT_QUANTIZER = "xnor_weight"  # the student's weights with weights="binary" (XNOR-Net, per output row)
 
 # Working-set targets of the fast paths, in numbers (float32: 4 bytes each).
 # Population chunks of 4096 samples x (2^19 / (4096 d)) members: 2 MiB per intermediate, e.g.
@@ -244,6 +249,10 @@ class ToyTask:
         teacher_act: the teacher's activation (default: sign, the binary
             teacher; ``"same"``: the student's).
         dtype: float32 (default) or float64 (exact comparisons).
+        weights: the student's weights: ``"real"`` (default) or ``"binary"``,
+            XNOR weights α_i sign(W_ij) with α_i = mean_j |W_ij| on latent
+            float weights W (``lowbit.probe.toy_binary``). The teacher and the
+            latent initial weights are the same either way.
 
     Attributes: ``teacher``, ``student`` (``ToyMLP`` modules; pretraining
     updates ``student`` in place), ``pretrained_steps``.
@@ -258,6 +267,7 @@ class ToyTask:
         seed: int = 0,
         teacher_act: Any = TEACHER_ACT,
         dtype: torch.dtype = torch.float32,
+        weights: str = "real",
     ) -> None:
         errors = [
             e
@@ -271,25 +281,29 @@ class ToyTask:
         ]
         if dtype not in (torch.float32, torch.float64):
             errors.append(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        if weights not in WEIGHT_KINDS:
+            errors.append(f"weights must be one of {', '.join(map(repr, WEIGHT_KINDS))}, got {weights!r}")
         if errors:
             raise ValueError("; ".join(errors))
         self.dim, self.depth, self.batch_size, self.seed, self.dtype = int(dim), int(depth), int(batch_size), int(seed), dtype
         self.act_spec = act
+        self.weights = weights
         self.activation = ToyActivation(act)
         self.teacher_act_spec = act if isinstance(teacher_act, str) and teacher_act == "same" else teacher_act
         teacher_activation = ToyActivation(self.teacher_act_spec)  # validates (e.g. no stochastic teacher)
         self.teacher = self._init_mlp(self.teacher_act_spec, STREAM_TEACHER)
-        self.student = self._init_mlp(act, STREAM_STUDENT)
+        self.student = self._init_mlp(act, STREAM_STUDENT, binary=weights == "binary")
         self.teacher.requires_grad_(False)
         del teacher_activation
         self.pretrained_steps = 0
 
-    def _init_mlp(self, act: Any, stream: int) -> torch.nn.Module:
+    def _init_mlp(self, act: Any, stream: int, binary: bool = False) -> torch.nn.Module:
         from lowbit.models import create_model
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sub_seed(self.seed, stream))
-            model = create_model("toy_mlp", dim=self.dim, depth=self.depth, act=act)
+            quantizer = BINARY_WEIGHT_QUANTIZER if binary else None
+            model = create_model("toy_mlp", dim=self.dim, depth=self.depth, act=act, weight_quantizer=quantizer)
         return model.to(self.dtype)
 
     # --- data ---
@@ -338,6 +352,13 @@ class ToyTask:
         """
         indices = self.resolve_layers(layers)
         x, y = self.batch(batch)
+        return self._objective(x, y, indices)
+
+    def _objective(self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int]) -> Objective:
+        if self.weights == "binary":
+            from lowbit.probe.toy_binary import BinaryWeightToyObjective
+
+            return BinaryWeightToyObjective(self.student_weights(), self.activation, x, y, indices)
         return ToyObjective(self.student_weights(), self.activation, x, y, indices)
 
     # --- pretraining ---
@@ -387,7 +408,7 @@ class ToyTask:
         history: List[float] = []
         for _ in range(int(steps)):
             x, y = self._make_batch(STREAM_TRAIN, self.pretrained_steps, size)
-            objective = ToyObjective(self.student_weights(), self.activation, x, y, indices)
+            objective = self._objective(x, y, indices)
             if isinstance(estimator, STE):
                 leaves = {k: v.clone().requires_grad_(True) for k, v in objective.params.items()}
                 loss = objective.loss(leaves, surrogate=estimator._surrogate)
@@ -409,6 +430,7 @@ class ToyTask:
             "batch_size": self.batch_size,
             "seed": self.seed,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "weights": self.weights,
             "pretrained_steps": self.pretrained_steps,
         }
 
@@ -457,6 +479,10 @@ class ToyObjective(Objective):
     @property
     def batch_size(self) -> int:
         return self.x.shape[0]
+
+    def at(self, params: Mapping[str, torch.Tensor]) -> "ToyObjective":
+        """The same objective (batch, studied layers, fixed weights) at the studied weights ``params``."""
+        return ToyObjective(self._merged(params), self.activation, self.x, self.y, self.layers)
 
     def _merged(self, params: Optional[Mapping[str, torch.Tensor]]) -> List[torch.Tensor]:
         ws = list(self.weights)
@@ -594,12 +620,18 @@ class ToyObjective(Objective):
     # --- coordinate_deltas: every single-coordinate move (CDG, DG) ---
 
     def coordinate_deltas(
-        self, steps: Sequence[float], params: Optional[Mapping[str, torch.Tensor]] = None
+        self, steps: Sequence[Step], params: Optional[Mapping[str, torch.Tensor]] = None
     ) -> Dict[str, torch.Tensor]:
-        """L(w + s·e_ij) − L(w) for every studied W_l[i, j] and step s; name -> (n_steps, d, d) float64."""
+        """L(w + s_ij·e_ij) − L(w) for every studied W_l[i, j] and step s; name -> (n_steps, d, d) float64.
+
+        A step is a number, or name -> number or (d, d) tensor (``Objective.coordinate_deltas``).
+        A tensor whose magnitude is constant along each row (a sign flip of XNOR weights,
+        s_ij = −2α_i sign(W_ij)) takes the fast paths twice, once per sign; any other tensor
+        an elementwise pass over (samples × d × d).
+        """
         if self.activation.kind == "generic":
             return super().coordinate_deltas(steps, params)
-        steps = [float(s) for s in steps]
+        values = [step_values(s, self.params) for s in steps]
         ws = self._merged(params)
         with torch.no_grad():
             us, zs = self._cache(ws)
@@ -608,10 +640,11 @@ class ToyObjective(Objective):
             out = {}
             for name in self.params:
                 l = self._layer_of[name]
+                per_step = [v[name] for v in values]
                 if l == self.depth - 1 or self.activation.kind == "identity":
-                    out[name] = self._deltas_linear(ws, us, residual, l, steps)
+                    out[name] = self._deltas_linear(ws, us, residual, l, per_step)
                 else:
-                    out[name] = self._deltas_quantized(ws, us, zs, residual, row_loss, l, steps)
+                    out[name] = self._deltas_quantized(ws, us, zs, residual, row_loss, l, per_step)
         return out
 
     def _deltas_linear(self, ws, us, residual, l: int, steps: List[float]) -> torch.Tensor:
@@ -699,72 +732,99 @@ class ToyObjective(Objective):
                 h = h.sub_(w.sum(1))  # 2t − c
         return h.view(shape).sub_(y).square_().mean(dim=-1)
 
-    def _deltas_quantized(self, ws, us, zs, residual, row_loss, l: int, steps: List[float]) -> torch.Tensor:
+    def _deltas_quantized(self, ws, us, zs, residual, row_loss, l: int, steps: List[Any]) -> torch.Tensor:
         act = self.activation
         levels = act.level_values(self.dtype)
-        alternatives, changes = self._level_changes(ws, us, zs, residual, row_loss, l, levels)
-        two = len(levels) == 2
-        z = zs[l]  # (B, d_i)
-        a = us[l + 1]
-        u = us[l]  # (B, d_j)
+        _, changes = self._level_changes(ws, us, zs, residual, row_loss, l, levels)
+        table = None if len(levels) == 2 else torch.stack(changes, dim=-1)  # (B, d_i, m): D for each new level
         d = self.dim
-        batch = self.batch_size
         result = torch.zeros(len(steps), d, d, dtype=torch.float64)
-        if not two:
-            table = torch.stack(changes, dim=-1)  # (B, d_i, m): D for each new level
-        if l == 0 and act.kind == "sign":
-            for si, s in enumerate(steps):
-                result[si] = self._sign_first_layer(z, u, changes[0], s)
-            return result
-        if l == 0:
-            # Continuous input: elementwise over (d_i, n, d_j) chunks.
-            rows = max(1, MASK_NUMBERS // (d * d))
-            for si, s in enumerate(steps):
-                acc = torch.zeros(d, d, dtype=torch.float64)
-                for n0 in range(0, batch, rows):
-                    sl = slice(n0, n0 + rows)
-                    znew = z[sl].T[:, :, None] + s * u[sl][None, :, :]  # (d_i, c, d_j)
-                    if two:
-                        changed = act.fast(znew) != a[sl].T[:, :, None]
-                        weights = changes[0][sl].T.to(self.dtype)  # (d_i, c)
-                        acc += torch.bmm(weights[:, None, :], changed.to(self.dtype)).squeeze(1).double()
-                    else:
-                        idx = torch.bucketize(act.fast(znew).contiguous(), levels)  # (d_i, c, d_j)
-                        acc += torch.gather(table[sl].transpose(0, 1), 2, idx).sum(1)
-                result[si] = acc / batch
-            return result
-        # Quantized input u in `levels`: the shift s·u_nj takes one value per input level.
         for si, s in enumerate(steps):
-            acc = torch.zeros(d, d, dtype=torch.float64)
-            for v in levels.tolist():
-                if v == 0:
-                    continue  # no shift, no change
-                new = act.fast(z + s * v)  # (B, d_i)
-                if two:
-                    g = torch.where(new != a, changes[0], 0.0)
-                else:
-                    g = torch.gather(table, 2, torch.bucketize(new, levels)[..., None]).squeeze(-1)
-                acc += g.T @ (u == v).double()  # (d_i, d_j)
-            result[si] = acc / batch
+            if not isinstance(s, torch.Tensor):
+                result[si] = self._quantized_step(zs[l], us[l], us[l + 1], changes, table, levels, l, s)
+                continue
+            magnitude = s.abs()
+            if torch.equal(magnitude, magnitude[:, :1].expand_as(magnitude)):  # |s_ij| = m_i: a pass per sign
+                m = magnitude[:, 0].to(self.dtype)  # (d_i,)
+                for sign, where in ((1.0, s > 0), (-1.0, s < 0)):
+                    if bool(where.any()):
+                        part = self._quantized_step(zs[l], us[l], us[l + 1], changes, table, levels, l, sign * m)
+                        result[si] = torch.where(where, part, result[si])
+            else:
+                shift = s.to(self.dtype)[:, None, :]  # (d_i, 1, d_j)
+                result[si] = self._elementwise_step(zs[l], us[l], us[l + 1], changes, table, levels, shift)
         return result
 
-    def _sign_first_layer(self, z: torch.Tensor, x: torch.Tensor, change: torch.Tensor, s: float) -> torch.Tensor:
+    def _quantized_step(self, z, u, a, changes, table, levels, l: int, s: Union[float, torch.Tensor]) -> torch.Tensor:
+        """ΔL(i, j) of W_l[i, j] += s for one step ``s``: a number or a (d_i,) vector of one sign (a step per row)."""
+        act = self.activation
+        per_row = isinstance(s, torch.Tensor)
+        if l == 0 and act.kind == "sign":
+            return self._sign_first_layer(z, u, changes[0], s)
+        if l == 0:  # continuous input: elementwise over (d_i, n, d_j) chunks
+            return self._elementwise_step(z, u, a, changes, table, levels, s[:, None, None] if per_row else s)
+        # Quantized input u in `levels`: the shift s·u_nj takes one value per input level.
+        acc = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        shift = s[None, :] if per_row else s  # (1, d_i) or a number
+        for v in levels.tolist():
+            if v == 0:
+                continue  # no shift, no change
+            new = act.fast(z + shift * v)  # (B, d_i)
+            if table is None:
+                g = torch.where(new != a, changes[0], 0.0)
+            else:
+                g = torch.gather(table, 2, torch.bucketize(new, levels)[..., None]).squeeze(-1)
+            acc += g.T @ (u == v).double()  # (d_i, d_j)
+        return acc / self.batch_size
+
+    def _elementwise_step(self, z, u, a, changes, table, levels, shift: Union[float, torch.Tensor]) -> torch.Tensor:
+        """ΔL(i, j) from the new pre-activations z[n, i] + shift_ij·u[n, j], over (d_i, n, d_j) chunks.
+
+        ``shift``: a number, or broadcastable to (d_i, 1, d_j). Exact for any input u.
+        """
+        act = self.activation
+        d, batch = self.dim, self.batch_size
+        rows = max(1, MASK_NUMBERS // (d * d))
+        acc = torch.zeros(d, d, dtype=torch.float64)
+        for n0 in range(0, batch, rows):
+            sl = slice(n0, n0 + rows)
+            znew = z[sl].T[:, :, None] + shift * u[sl][None, :, :]  # (d_i, c, d_j)
+            if table is None:
+                changed = act.fast(znew) != a[sl].T[:, :, None]
+                weights = changes[0][sl].T.to(self.dtype)  # (d_i, c)
+                acc += torch.bmm(weights[:, None, :], changed.to(self.dtype)).squeeze(1).double()
+            else:
+                idx = torch.bucketize(act.fast(znew).contiguous(), levels)  # (d_i, c, d_j)
+                acc += torch.gather(table[sl].transpose(0, 1), 2, idx).sum(1)
+        return acc / batch
+
+    def _sign_first_layer(
+        self, z: torch.Tensor, x: torch.Tensor, change: torch.Tensor, s: Union[float, torch.Tensor]
+    ) -> torch.Tensor:
         """ΔL(i, j) for W_0[i, j] += s with sign activations: (1/B) Σ_n D[n, i]·flip(n, i, j).
 
         sign(z + s·x_j) differs from sign(z) iff C xor q, where t = −z/s and
         C = 1{x_j < t}, q = 1{z < 0} for s > 0, or C = 1{x_j <= t}, q = 1{z >= 0}
         for s < 0. So Σ_n D·flip = Σ_n D(1 − 2q)·C + Σ_n D·q: one comparison
         written straight into a float buffer and one batched mat-vec per chunk.
+        ``s`` is a number or a (d_i,) vector of one sign (a step per row; rows
+        with s_i = 0 do not move).
         """
-        if s == 0:
-            return torch.zeros(self.dim, self.dim, dtype=torch.float64)
         d = self.dim
+        if isinstance(s, torch.Tensor):
+            still = s == 0
+            positive = bool((s > 0).any())
+            s_row = torch.where(still, torch.ones_like(s), s)[None, :]  # (1, d_i)
+        else:
+            if s == 0:
+                return torch.zeros(d, d, dtype=torch.float64)
+            still, positive, s_row = None, s > 0, s
         batch = z.shape[0]
-        t = -z / s  # (B, d_i)
-        q = z < 0 if s > 0 else z >= 0
+        t = -z / s_row  # (B, d_i)
+        q = z < 0 if positive else z >= 0
         signed = torch.where(q, -change, change).to(self.dtype)  # (B, d_i): D(1 − 2q)
         constant = torch.where(q, change, 0.0).sum(0)  # (d_i,) float64
-        compare = torch.lt if s > 0 else torch.le
+        compare = torch.lt if positive else torch.le
         rows = max(1, MASK_NUMBERS // (d * d))
 
         @torch.no_grad()
@@ -776,7 +836,8 @@ class ToyObjective(Objective):
             return torch.bmm(weights, mask).squeeze(1).double()  # (d_i, d_j)
 
         acc = torch.stack(map_parallel(rows_from, range(0, batch, rows))).sum(0)
-        return (acc + constant[:, None]) / batch
+        result = (acc + constant[:, None]) / batch
+        return result if still is None else result.masked_fill(still[:, None], 0.0)
 
     # --- line_losses: the lr scan ---
 

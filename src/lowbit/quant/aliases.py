@@ -171,12 +171,6 @@ def _normalized(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "")
 
 
-def _meaning(name: str) -> str:
-    """What a candidate name resolves to (itself for a registered quantizer)."""
-    alias = ALIASES.get(name)
-    return alias.target if alias is not None else name
-
-
 def suggestion(name: str) -> Optional[str]:
     """The registered name or alias a misspelt ``name`` most likely means, or None.
 

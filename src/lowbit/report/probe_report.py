@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import yaml
 
 from lowbit.report.tables import format_mean_se, group, markdown_table, mean_se
 from lowbit.config import read_yaml_or_empty
 from lowbit.runs import atomic_write_text, read_records
+
+# The x axis of the ΔL–lr curves, by measure.normalize.
+LR_AXIS = {
+    "global": "lr (step length along the unit-normalised direction)",
+    "per_layer": "lr (step length per layer, each layer's direction unit-normalised)",
+    "none": "lr (multiple of the raw estimate)",
+}
+
+EDGE_NOTE = {
+    1: "↑ the best lr is the largest lr of the grid in {n} of {m} units: the best decrease there is only a lower bound",
+    -1: "↓ the best lr is the smallest lr of the grid in {n} of {m} units: a smaller lr might decrease the loss more",
+}
 
 METRIC_TITLES = {
     "quick_decrease": "Loss decrease at the fixed quick-check lr",
@@ -26,6 +38,7 @@ METRIC_TITLES = {
     "seconds": "Seconds per estimate",
     "cosine_se": "Sampling standard error of the cosine (CDG on a random coordinate subset)",
     "coords": "Coordinates measured by CDG (of the layer's `dim`)",
+    "sigma_gradient": "Loss gradient for NES's σ, summed over the coordinates (`return_sigma`; negative: a wider search lowers the smoothed loss)",
 }
 
 STATS_TITLES = {
@@ -50,33 +63,52 @@ def write_probe_report(run_dir: Path) -> Path:
     for r in records:  # the table columns: dims of the toy, probed layers of a network
         r["pos"] = r.get("probed_layer") if network else r.get("dim")
 
+    colours = _colour_map(_estimator_order(config, records))
+    xlabel = LR_AXIS.get((config.get("measure") or {}).get("normalize", "global"), LR_AXIS["global"])
     lines: List[str] = [f"# Gradient probe: {config.get('name', run_dir.name)}", ""]
     lines += _network_evidence(config, meta, records, run_dir) if network else _evidence(config, meta, records, run_dir)
     conditions = group(records, lambda r: tuple((k, r.get(k)) for k in sweep_keys))
+    differences = {c: [r for r in rows if r["metric"] == "normalized_difference"] for c, rows in conditions.items()}
+    difference_plot = _plot_differences(differences, run_dir / "plots" / "normalized_difference.png", colours)
     for condition, rows in conditions.items():
         suffix = "_".join(f"{k}-{v}" for k, v in condition)
         if condition:
             lines += [f"## Condition: {', '.join(f'{k} = {v}' for k, v in condition)}", ""]
         lines += _estimator_tables(rows, config)
-        plot = _plot_curves(rows, run_dir / "plots" / f"decrease_vs_lr{'_' + suffix if suffix else ''}.png")
+        plot = _plot_curves(rows, run_dir / "plots" / f"decrease_vs_lr{'_' + suffix if suffix else ''}.png", colours, xlabel)
         lines += [f"![loss decrease vs lr](plots/{plot.name})", ""] if plot else []
         if network:
             plot = _cosine_bars(
                 [r for r in rows if r["metric"] == "cosine" and r["layer"] == "all"],
                 lambda r: r["pos"],
                 run_dir / "plots" / f"cosine_by_probed_layer{'_' + suffix if suffix else ''}.png",
+                colours,
             )
             lines += [f"![cosine with the reference by layer](plots/{plot.name})", ""] if plot else []
-            lines += _stats_section(rows, run_dir, suffix)
+            lines += _stats_section(rows, run_dir, suffix, colours)
         else:
-            plot = _plot_vs_dim(rows, "best_decrease", run_dir / "plots" / f"best_decrease_vs_dim{'_' + suffix if suffix else ''}.png")
+            plot = _plot_vs_dim(
+                rows, "best_decrease", run_dir / "plots" / f"best_decrease_vs_dim{'_' + suffix if suffix else ''}.png", colours
+            )
             lines += [f"![best loss decrease vs dim](plots/{plot.name})", ""] if plot else []
         lines += _layer_cosine_table(rows)
-        plot = _plot_cosine_by_layer(rows, run_dir / "plots" / f"cosine_by_layer{'_' + suffix if suffix else ''}.png")
+        plot = _plot_cosine_by_layer(rows, run_dir / "plots" / f"cosine_by_layer{'_' + suffix if suffix else ''}.png", colours)
         lines += [f"![cosine by layer](plots/{plot.name})", ""] if plot else []
-        lines += _normalized_difference(rows, run_dir, suffix)
+        lines += _trajectory_section(rows, config, run_dir / "plots" / f"trajectories{'_' + suffix if suffix else ''}.png", colours)
+        lines += _normalized_difference(rows)
+        if difference_plot and len(conditions) == 1:
+            lines += [f"![normalised difference](plots/{difference_plot.name})", ""]
+    if difference_plot and len(conditions) > 1:
+        lines += [
+            "## Normalised difference across conditions",
+            "",
+            "One panel per condition, on a common y axis (positive: the second method reaches the lower loss).",
+            "",
+            f"![normalised difference by condition](plots/{difference_plot.name})",
+            "",
+        ]
     if len(conditions) > 1:
-        plot = _plot_cosine_by_condition(records, sweep_keys, run_dir / "plots" / "cosine_by_condition.png")
+        plot = _plot_cosine_by_condition(records, sweep_keys, run_dir / "plots" / "cosine_by_condition.png", colours)
         if plot:
             lines += ["## Cosine with the reference across conditions", "", f"![cosine by condition](plots/{plot.name})", ""]
     path = run_dir / "report.md"
@@ -129,8 +161,27 @@ def _evidence(
     return lines
 
 
-def _estimators(rows: Sequence[Mapping[str, Any]]) -> List[str]:
-    return list(dict.fromkeys(r["estimator"] for r in rows if r["estimator"] and r["metric"] != "normalized_difference"))
+def _estimator_order(config: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> List[str]:
+    """Every estimator label in the config's order, then the compared pairs, then anything else recorded."""
+    labels: List[str] = []
+    try:
+        from lowbit.probe.config import expand_estimators
+
+        labels = [s.label for s in expand_estimators(config.get("estimators") or [])]
+    except (ValueError, TypeError, KeyError):  # a hand-edited config: fall back to the records' order
+        pass
+    labels += [f"{a} vs {b}" for a, b in ((config.get("measure") or {}).get("compare") or [])]
+    labels += [r["estimator"] for r in records if r.get("estimator")]
+    return list(dict.fromkeys(labels))
+
+
+def _colour_map(labels: Sequence[str]) -> Dict[str, Any]:
+    """One colour per label, the same in every figure of the report (20 distinguishable, then repeated)."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"].colors
+    ordered = palette[0::2] + palette[1::2]
+    return {label: ordered[i % len(ordered)] for i, label in enumerate(labels)}
 
 
 def _positions(rows: Sequence[Mapping[str, Any]]) -> List[Any]:
@@ -143,18 +194,22 @@ def _pos_label(position: Any) -> str:
     return f"dim {position}" if isinstance(position, (int, float)) else str(position)
 
 
-def _table(rows: Sequence[Mapping[str, Any]], metric: str, layer: str = "all") -> str:
+def _table(rows: Sequence[Mapping[str, Any]], metric: str, layer: str = "all", marks: Mapping[Any, str] = {}) -> str:
+    """Mean ± SE of ``metric`` per estimator (rows, in first-seen order) and position (columns).
+
+    ``marks``: (estimator, position) -> a footnote mark appended to that cell.
+    """
     dims = _positions(rows)
     selected = [r for r in rows if r["metric"] == metric and r["layer"] == layer]
     if not selected:
         return ""
-    by_estimator = group(selected, lambda r: r["estimator"])
     body = []
-    for estimator in _estimators(rows):
-        if estimator not in by_estimator:
-            continue
-        by_dim = group(by_estimator[estimator], lambda r: r["pos"])
-        cells = [format_mean_se(*mean_se([r["value"] for r in by_dim.get(d, [])])[:2]) for d in dims]
+    for estimator, items in group(selected, lambda r: r["estimator"]).items():
+        by_dim = group(items, lambda r: r["pos"])
+        cells = [
+            format_mean_se(*mean_se([r["value"] for r in by_dim.get(d, [])])[:2]) + marks.get((estimator, d), "")
+            for d in dims
+        ]
         body.append([f"`{estimator}`"] + cells)
     return markdown_table(["estimator"] + [_pos_label(d) for d in dims], body)
 
@@ -175,14 +230,49 @@ def _estimator_tables(rows: Sequence[Mapping[str, Any]], config: Mapping[str, An
     accuracy = list({(r["init"], r["batch"]): r["value"] for r in rows if r["metric"] == "batch_accuracy"}.values())
     if accuracy:
         lines += [f"Accuracy of the network on the measured batches: {format_mean_se(*mean_se(accuracy)[:2])}.", ""]
-    for metric in ("quick_decrease", "best_decrease", "best_lr", "cosine", "cosine_se", "coords", "step_decrease", "seconds"):
-        table = _table(rows, metric)
+    marks, notes = _edge_marks(rows, config)
+    if notes:
+        lines += ["> **Best lr on an edge of the lr grid** (marked in the tables below): " + "; ".join(notes) + ".", ""]
+    for metric in ("quick_decrease", "best_decrease", "best_lr", "cosine", "cosine_se", "coords", "step_decrease",
+                   "sigma_gradient", "seconds"):
+        table = _table(rows, metric, marks=marks if metric in ("best_decrease", "best_lr") else {})
         if table:
             title = METRIC_TITLES[metric]
             if metric == "cosine":
                 title += f" (`{config.get('measure', {}).get('reference')}`)"
             lines += [f"### {title}", "", table, ""]
     return lines
+
+
+def _edge_marks(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> Tuple[Dict[Any, str], List[str]]:
+    """Marks for the (estimator, position) cells whose best lr sits on an edge of the lr grid, and their notes.
+
+    With a common budget the grid stops at the radius: a best lr there means the budget binds, which
+    is expected and noted as such rather than as a grid too short.
+    """
+    flagged = [r for r in rows if r["metric"] == "best_lr_edge"]
+    if not flagged:
+        return {}, []
+    budget = config.get("budget") or {}
+    grid = (config.get("measure") or {}).get("lr_grid") or {}
+    grid = grid if isinstance(grid, Mapping) else {}
+    at_budget = bool(budget) and float(budget.get("radius", math.inf)) <= float(grid.get("max", math.inf))
+    marks: Dict[Any, str] = {}
+    notes: List[str] = []
+    for (estimator, pos), items in group(flagged, lambda r: (r["estimator"], r["pos"])).items():
+        for edge in (1, -1):
+            n = sum(1 for r in items if r["value"] == edge)
+            if not n:
+                continue
+            if edge == 1 and at_budget:
+                marks[(estimator, pos)] = marks.get((estimator, pos), "") + " °"
+                notes.append(f"`{estimator}` at {_pos_label(pos)}: ° at the budget radius {budget.get('radius')} in {n} of {len(items)} units (the budget binds)")
+                continue
+            marks[(estimator, pos)] = marks.get((estimator, pos), "") + (" ↑" if edge == 1 else " ↓")
+            notes.append(f"`{estimator}` at {_pos_label(pos)}: " + EDGE_NOTE[edge].format(n=n, m=len(items)))
+    if any(" ↑" in m or " ↓" in m for m in marks.values()):
+        notes.append("widen `measure.lr_grid` or set `measure.lr_grid: auto`, which brackets the optimum")
+    return marks, notes
 
 
 def _layer_cosine_table(rows: Sequence[Mapping[str, Any]]) -> List[str]:
@@ -197,20 +287,87 @@ def _layer_cosine_table(rows: Sequence[Mapping[str, Any]]) -> List[str]:
     return ["### Cosine with the reference per layer (all dims pooled)", "", markdown_table(["estimator"] + layers, body), ""]
 
 
-def _normalized_difference(rows: Sequence[Mapping[str, Any]], run_dir: Path, suffix: str) -> List[str]:
+TRAJECTORY_TITLES = {
+    "trajectory_final_loss": "Loss at the end of the budget (probe batch, the objective minimised)",
+    "trajectory_final_heldout": "Loss at the end of the budget on a held-out batch",
+    "trajectory_final_sample_loss": "SNES: loss at a sample of the final search distribution (vs μ above)",
+    "trajectory_final_sigma": "SNES: mean σ of the final search distribution",
+    "trajectory_steps": "Steps taken within the budget",
+    "trajectory_seconds": "Seconds for the whole budget",
+}
+
+
+def _trajectory_section(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any], path: Path, colours: Mapping[str, Any]) -> List[str]:
+    """Loss vs loss evaluations per method (one panel per position), and the end-of-budget tables."""
+    curves = [r for r in rows if r["metric"] in ("trajectory_loss", "trajectory_heldout")]
+    if not curves:
+        return []
+    budget = (config.get("trajectory") or {}).get("evaluations")
+    lines = [
+        f"### Loss curves under a budget of {budget} loss evaluations per method",
+        "",
+        "Each method starts from the unit's weights and steps until it has used the budget (an STE step counts "
+        "one evaluation, its backward pass is extra; NES/SNES one per member; CDG 2P + 1). Solid: the probe batch "
+        "being minimised; dashed: a held-out batch. Means over inits × batches.",
+        "",
+    ]
+    plt = _pyplot()
+    positions = _positions(curves)
+    fig, axes = _panel_grid(plt, len(positions))
+    for ax, pos in zip(axes.flat, positions):
+        for (label, metric), items in group([r for r in curves if r["pos"] == pos], lambda r: (r["estimator"], r["metric"])).items():
+            by_x = group(items, lambda r: r["evaluations"])
+            xs = sorted(by_x)
+            ys = [mean_se([r["value"] for r in by_x[x]])[0] for x in xs]
+            heldout = metric == "trajectory_heldout"
+            ax.plot(xs, ys, color=colours.get(label), ls="--" if heldout else "-", lw=1.0 if heldout else 1.6,
+                    label=None if heldout else label)
+        ax.set_yscale("log")
+        ax.set_title(_pos_label(pos))
+        ax.set_xlabel("loss evaluations")
+        ax.set_ylabel("loss")
+    _finish(plt, fig, axes, len(positions), path)
+    lines += [f"![loss vs loss evaluations](plots/{path.name})", ""]
+    for metric, title in TRAJECTORY_TITLES.items():
+        table = _table(rows, metric)
+        if table:
+            lines += [f"#### {title}", "", table, ""]
+    return lines
+
+
+def _normalized_difference(rows: Sequence[Mapping[str, Any]]) -> List[str]:
     selected = [r for r in rows if r["metric"] == "normalized_difference"]
     if not selected:
         return []
-    lines = [
+    return [
         "### Normalised difference (L_a − L_b) / L_a of the best losses (positive: b reaches lower loss)",
         "",
         _table(selected, "normalized_difference"),
         "",
     ]
-    plot = _plot_vs_dim(selected, "normalized_difference", run_dir / "plots" / f"normalized_difference{'_' + suffix if suffix else ''}.png")
-    if plot:
-        lines += [f"![normalised difference](plots/{plot.name})", ""]
-    return lines
+
+
+def _plot_differences(by_condition: Mapping[Any, Sequence[Mapping[str, Any]]], path: Path, colours: Mapping[str, Any]):
+    """The normalised differences vs dim, one panel per condition, a shared y axis: one figure for the run."""
+    panels = [(c, rows) for c, rows in by_condition.items() if rows]
+    if not panels:
+        return None
+    plt = _pyplot()
+    cols = min(len(panels), 2 if len(panels) == 4 else 3)
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.8 * nrows), squeeze=False, sharey=True)
+    for ax, (condition, rows) in zip(axes.flat, panels):
+        _errorbars(ax, rows, "normalized_difference", colours)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(", ".join(f"{k} = {v}" for k, v in condition) or "normalised difference", fontsize=9)
+        ax.set_ylabel("(L_a − L_b) / L_a")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _pyplot():
@@ -218,23 +375,17 @@ def _pyplot():
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from cycler import cycler
 
-    # 20 distinguishable colours, then line styles: a probe often compares > 10 estimators.
-    colours = plt.get_cmap("tab20").colors
-    plt.rcParams["axes.prop_cycle"] = cycler(color=colours[0::2] + colours[1::2])
     return plt
 
 
-def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path):
+def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path, colours: Mapping[str, Any], xlabel: str):
     curves = [r for r in rows if r["metric"] == "decrease"]
     if not curves:
         return None
     plt = _pyplot()
     dims = _positions(curves)
-    cols = min(len(dims), 3)
-    nrows = math.ceil(len(dims) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    fig, axes = _panel_grid(plt, len(dims))
     for ax, dim in zip(axes.flat, dims):
         top = 0.0
         for estimator, items in group([r for r in curves if r["pos"] == dim], lambda r: r["estimator"]).items():
@@ -242,36 +393,54 @@ def _plot_curves(rows: Sequence[Mapping[str, Any]], path: Path):
             lrs = sorted(by_lr)
             means = [mean_se([r["value"] for r in by_lr[lr]])[0] for lr in lrs]
             top = max([top] + [m for m in means if math.isfinite(m)])
-            ax.plot(lrs, means, label=estimator)
+            ax.plot(lrs, means, label=estimator, color=colours.get(estimator))
         if top > 0:  # past the best lr the loss explodes; keep the informative part in view
             ax.set_ylim(bottom=-0.5 * top, top=1.1 * top)
         ax.set_xscale("log")
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_title(_pos_label(dim))
-        ax.set_xlabel("lr (step length along the normalised direction)")
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel("loss decrease")
-    for ax in list(axes.flat)[len(dims):]:
+    _finish(plt, fig, axes, len(dims), path)
+    return path
+
+
+def _panel_grid(plt: Any, n: int) -> Tuple[Any, Any]:
+    """A figure of ``n`` panels, three per row."""
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    return plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+
+
+def _finish(plt: Any, fig: Any, axes: Any, used: int, path: Path) -> None:
+    """Blank the unused panels, a legend in the first, save and close."""
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
 
 
-def _plot_vs_dim(rows: Sequence[Mapping[str, Any]], metric: str, path: Path):
+def _errorbars(ax: Any, selected: Sequence[Mapping[str, Any]], metric: str, colours: Mapping[str, Any]) -> None:
+    """Mean ± SE of ``metric`` vs dim, one line per estimator, on ``ax``."""
+    for estimator, items in group([r for r in selected if r["metric"] == metric], lambda r: r["estimator"]).items():
+        by_dim = group(items, lambda r: r["dim"])
+        dims = sorted(by_dim)
+        stats = [mean_se([r["value"] for r in by_dim[d]]) for d in dims]
+        ax.errorbar(dims, [s[0] for s in stats], yerr=[0 if math.isnan(s[1]) else s[1] for s in stats], marker="o",
+                    capsize=3, label=estimator, color=colours.get(estimator))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("dim")
+
+
+def _plot_vs_dim(rows: Sequence[Mapping[str, Any]], metric: str, path: Path, colours: Mapping[str, Any]):
     selected = [r for r in rows if r["metric"] == metric and r["layer"] == "all"]
     if not selected:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for estimator, items in group(selected, lambda r: r["estimator"]).items():
-        by_dim = group(items, lambda r: r["dim"])
-        dims = sorted(by_dim)
-        stats = [mean_se([r["value"] for r in by_dim[d]]) for d in dims]
-        ax.errorbar(dims, [s[0] for s in stats], yerr=[0 if math.isnan(s[1]) else s[1] for s in stats], marker="o", capsize=3, label=estimator)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("dim")
+    _errorbars(ax, selected, metric, colours)
     ax.set_ylabel(metric.replace("_", " "))
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -280,31 +449,41 @@ def _plot_vs_dim(rows: Sequence[Mapping[str, Any]], metric: str, path: Path):
     return path
 
 
-def _plot_cosine_by_condition(records: Sequence[Mapping[str, Any]], keys: Sequence[str], path: Path):
+def _plot_cosine_by_condition(records: Sequence[Mapping[str, Any]], keys: Sequence[str], path: Path, colours: Mapping[str, Any]):
     selected = [r for r in records if r["metric"] == "cosine" and r["layer"] == "all"]
-    return _cosine_bars(selected, lambda r: ", ".join(f"{k}={r.get(k)}" for k in keys), path)
+    return _cosine_bars(selected, lambda r: "\n".join(f"{k}={r.get(k)}" for k in keys), path, colours)
 
 
-def _plot_cosine_by_layer(rows: Sequence[Mapping[str, Any]], path: Path):
+def _plot_cosine_by_layer(rows: Sequence[Mapping[str, Any]], path: Path, colours: Mapping[str, Any]):
     selected = [r for r in rows if r["metric"] == "cosine" and r["layer"] != "all"]
-    return _cosine_bars(selected, lambda r: r["layer"], path)
+    return _cosine_bars(selected, lambda r: r["layer"], path, colours)
 
 
-def _cosine_bars(selected: Sequence[Mapping[str, Any]], category, path: Path, ylabel: str = "cosine with reference"):
-    """Grouped bars: mean value ± SE per category (x) and estimator (bar colour)."""
+def _cosine_bars(
+    selected: Sequence[Mapping[str, Any]], category, path: Path, colours: Mapping[str, Any], ylabel: str = "cosine with reference"
+):
+    """Grouped bars: mean value ± SE per category (x) and estimator (bar colour).
+
+    Long category names (conditions, layer names) are drawn one key per line, and
+    each category gets the width of its longest line, so tick labels never overlap.
+    """
     if not selected:
         return None
     plt = _pyplot()
     categories = list(dict.fromkeys(category(r) for r in selected))
     estimators = list(dict.fromkeys(r["estimator"] for r in selected))
     width = 0.8 / max(len(estimators), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(categories)), 4))
+    longest = max(len(line) for c in categories for line in str(c).split("\n"))
+    # ~0.075 inch per character at fontsize 8, plus a margin; the axes take ~85% of the figure.
+    per_category = max(1.5, 0.075 * longest + 0.3) / 0.85
+    fig, ax = plt.subplots(figsize=(min(40, max(6, per_category * len(categories))), 4.5))
     for i, estimator in enumerate(estimators):
         stats = [
             mean_se([r["value"] for r in selected if r["estimator"] == estimator and category(r) == c]) for c in categories
         ]
         errors = [0 if math.isnan(se) else se for _, se, _ in stats]
-        ax.bar([j + i * width for j in range(len(categories))], [m for m, _, _ in stats], width, yerr=errors, label=estimator, capsize=2)
+        ax.bar([j + i * width for j in range(len(categories))], [m for m, _, _ in stats], width, yerr=errors,
+               label=estimator, capsize=2, color=colours.get(estimator))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(categories))], categories, fontsize=8)
     ax.set_ylabel(ylabel)
     ax.axhline(0, color="grey", lw=0.5)
@@ -359,7 +538,7 @@ def _network_evidence(
     return lines
 
 
-def _stats_section(rows: Sequence[Mapping[str, Any]], run_dir: Path, suffix: str) -> List[str]:
+def _stats_section(rows: Sequence[Mapping[str, Any]], run_dir: Path, suffix: str, colours: Mapping[str, Any]) -> List[str]:
     """Tables and a bar plot of the STE gradient statistics over mini-batches."""
     selected = [r for r in rows if str(r["metric"]).startswith("ste_")]
     if not selected:
@@ -373,6 +552,7 @@ def _stats_section(rows: Sequence[Mapping[str, Any]], run_dir: Path, suffix: str
         [r for r in selected if r["metric"] == "ste_snr"],
         lambda r: r["pos"],
         run_dir / "plots" / f"ste_snr{'_' + suffix if suffix else ''}.png",
+        colours,
         ylabel="SNR of one mini-batch STE gradient",
     )
     if plot:

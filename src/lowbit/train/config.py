@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 from lowbit.devices import check_device_name
 from lowbit.train.distill import DistillConfig
+from lowbit.train.grad_probe import GradProbeConfig
 from lowbit.train.surrogate_schedule import SurrogateScheduleConfig
 
 
@@ -314,6 +315,9 @@ class TrainConfig:
     # low-bit training: {w_bits, a_bits, g_bits, e_bits, ...} for lowbit.nn.apply_quant_config, applied
     # to the model before the optimizer is built (docs/lowbit-training.md); None: the model as built
     quant: Optional[Dict[str, Any]] = None
+    # gradient quality during training (lowbit.train.grad_probe, docs/training.md): STE-CDG cosine, STE SNR and
+    # flip ratio per binary layer, at init and every probe.every epochs; None: off
+    probe: Optional[GradProbeConfig] = None
     # binarize a zoo model: {input_quantizer, weight_quantizer, keep_first_last, include, exclude, subclasses}
     # for lowbit.nn.binarize, before the optimizer is built; None: the model as built
     binarize: Optional[BinarizeConfig] = None

@@ -527,6 +527,11 @@ def _train(
         random.seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         setup = build(cfg, dev)  # raises on any bad input, before anything is written
+        grad_probe = None  # gradient quality every probe.every epochs (lowbit.train.grad_probe); draws no random numbers
+        if cfg.probe is not None:
+            from lowbit.train.grad_probe import GradProbe
+
+            grad_probe = GradProbe(cfg.probe, setup, cfg.run.seed)  # checks the probed layers
         model, optimizer = setup.model, setup.optimizer
         forward = model if rank is None else _ddp(model, dev)  # DDP averages the gradients over ranks
         flips = flip_ratio_for(model, cfg.run.flip_ratio)  # None for a float model (lowbit.train.flips)
@@ -594,6 +599,8 @@ def _train(
                 _keep_grad_stats_before(run_dir, step)
         metrics_writer = RecordWriter(run_dir / METRICS_FILE) if main else None
         board = _tensorboard(run_dir, cfg.run.tensorboard) if main else None
+        if grad_probe is not None and main:  # measures at initialisation, or picks up after the resumed epoch
+            grad_probe.begin(run_dir, start_epoch, resumed=state is not None)
 
         # Gradient statistics: GradientStats is attached only for the forward/backward of every
         # stats_every-th global step (no hooks at all on the other steps), so the samples fall on the
@@ -764,6 +771,8 @@ def _train(
                         log(_epoch_line(record, cfg.run.epochs))
                     perm, position = None, 0
                     flush_stats()
+                    if grad_probe is not None and main:  # rank 0 measures; the others wait at the next step
+                        grad_probe.after_epoch(epoch + 1)
                     checkpoint(epoch + 1, 0, None, complete=epoch + 1 == cfg.run.epochs)
                     stopping = stop.signum is not None if rank is None else rank.any(stop.signum is not None, dev)
                     if stopping and epoch + 1 < cfg.run.epochs:

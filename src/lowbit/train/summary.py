@@ -237,6 +237,9 @@ def write_train_report(run_dir: PathLike) -> Path:
     from lowbit.train.flips import flip_ratio_section
 
     lowbit_sections += flip_ratio_section(run_dir, records)  # binary runs: flip ratio per layer
+    from lowbit.train.grad_probe import report_section  # the probe: section's records, if any
+
+    lowbit_sections += report_section(run_dir)
     per_epoch = ["| epoch | lr | train loss | train acc | test loss | test acc | seconds |", "|" + "---:|" * 7]
     for r in records:
         per_epoch.append(
