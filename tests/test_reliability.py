@@ -566,7 +566,7 @@ def test_late_checks_run_before_data_and_before_the_run_directory(tmp_path):
         (["run.epochs=1e20"], "run.epochs"),
         (["schedule.warmup_epochs=1e30"], "longer than the run"), (["schedule.warmup_epochs=1e300"], "beyond float32"),
         (["schedule.gamma=.inf"], "schedule.gamma: expected a finite number"),
-        (["data.batch_size=1e12", "data.train_subset=64"], "larger than the 64 training images"),
+        (["data.batch_size=1e12"], "data.batch_size=1000000000000 is beyond any batch"),
         ([f"run.init_from={evil}"], "run.init_from: cannot read"),
         ([f"run.init_from={shaped}"], "first difference: 'conv1.weight' is (6, 3, 5, 5) in the checkpoint but (6, 1, 5, 5)"),
     ]
@@ -575,8 +575,7 @@ def test_late_checks_run_before_data_and_before_the_run_directory(tmp_path):
         assert result.rc == 2, (overrides, result.err)
         assert message in result.err, (overrides, result.err)
         assert "Traceback" not in result.err
-        if "batch_size" not in overrides[0]:
-            assert not runs.exists(), overrides  # refused before any folder was made
+        assert not runs.exists(), overrides  # refused before any folder was made
     assert not marker.exists()
 
 

@@ -202,9 +202,6 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
         train_set = train_set.subset(slice(0, d.train_subset))
     if d.test_subset is not None:
         test_set = test_set.subset(slice(0, d.test_subset))
-    from lowbit.train.preflight import check_loaded_data
-
-    check_loaded_data(config, len(train_set))
 
     torch.manual_seed(config.run.seed)  # the model's initial weights
     model = create_model(

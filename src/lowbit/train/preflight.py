@@ -6,7 +6,7 @@ finds, so a bad recipe costs a second, not a data load and a run directory:
 - registry names (model, dataset, optimizer, schedule, loss), ``run.baseline``,
   the device, and the run name (one folder name, :func:`lowbit.runs.check_run_name`);
 - ranges that no run can use: ``run.epochs`` at most :data:`MAX_EPOCHS`,
-  warm-up no longer than the run, crop padding and cutout no larger than the
+  batches at most :data:`MAX_BATCH`, warm-up no longer than the run, crop padding and cutout no larger than the
   image (the side comes from the data set's registered spec and ``data.image_size``);
 - the model as the run would build it, but on PyTorch's ``meta`` device (shapes
   only, no memory, no data): ``model.*`` keywords and ``model.kwargs``, ``quant``,
@@ -15,9 +15,8 @@ finds, so a bad recipe costs a second, not a data load and a run directory:
 - ``run.init_from``: the file loads with ``weights_only=True`` and at least one
   of its tensors fits that model (else the first difference is named).
 
-What needs the data (e.g. ``data.batch_size`` against the number of training
-images) is checked in ``lowbit.train.loop.build`` right after loading it, still
-before any step.
+A batch larger than the training set is allowed (it is one step per epoch,
+as documented); one beyond :data:`MAX_BATCH` is refused.
 """
 
 from __future__ import annotations
@@ -31,9 +30,10 @@ from lowbit.runs import check_run_name
 from lowbit.train.config import TrainConfig
 from lowbit.train.guards import nonfinite_tensor
 
-__all__ = ["MAX_EPOCHS", "check_config", "check_loaded_data", "image_side", "meta_model"]
+__all__ = ["MAX_BATCH", "MAX_EPOCHS", "check_config", "image_side", "meta_model"]
 
 MAX_EPOCHS = 1_000_000  # far beyond any run (a million epochs of digits is ~4 CPU-months); catches 1e20
+MAX_BATCH = 1 << 20  # images per batch: 20x CIFAR's whole training set; a larger one is a typo (1e12)
 
 
 def image_side(config: TrainConfig) -> Optional[int]:
@@ -121,6 +121,10 @@ def _ranges(config: TrainConfig) -> List[str]:
     run, schedule, augment = config.run, config.schedule, config.augment
     if run.epochs > MAX_EPOCHS:
         errors.append(f"run.epochs={run.epochs} is beyond any feasible run (at most {MAX_EPOCHS:,})")
+    for key in ("batch_size", "eval_batch_size"):
+        value = getattr(config.data, key)
+        if value > MAX_BATCH:
+            errors.append(f"data.{key}={value} is beyond any batch lowbit can hold (at most {MAX_BATCH:,} images)")
     if schedule.warmup_epochs > run.epochs:
         errors.append(
             f"schedule.warmup_epochs={schedule.warmup_epochs:g} is longer than the run (run.epochs={run.epochs}); "
@@ -227,15 +231,6 @@ def _check_init_from(path: str, model: torch.nn.Module) -> List[str]:
     if bad is not None:
         return [f"run.init_from: {path!r} holds non-finite weights ({bad[0]!r} = {bad[1]}); start from a finite checkpoint"]
     return []
-
-
-def check_loaded_data(config: TrainConfig, train_images: int) -> None:
-    """Checks that need the loaded data, made before any training step."""
-    if config.data.batch_size > train_images:
-        raise ValueError(
-            f"data.batch_size={config.data.batch_size} is larger than the {train_images} training images "
-            f"(data.train_subset={config.data.train_subset}); use at most {train_images}"
-        )
 
 
 def _first_line(error: BaseException) -> str:
