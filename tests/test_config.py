@@ -89,3 +89,50 @@ def test_empty_mapping_override_replaces(tmp_path):
     assert load_config(Outer, path).extra == {"a": 1}
     assert load_config(Outer, path, ["extra={}"]).extra == {}
     assert load_config(Outer, path, ["extra.b=2"]).extra == {"a": 1, "b": 2}
+
+
+def test_yaml_bounds_and_strictness(tmp_path):
+    from lowbit.config import MAX_YAML_DEPTH, parse_yaml, read_yaml
+
+    assert parse_yaml("a: &x [1, 2]\nb: *x\n", "t") == {"a": [1, 2], "b": [1, 2]}  # ordinary aliases still work
+    with pytest.raises(ConfigError, match="duplicate key 'lr' \\(first at line 2\\)"):
+        parse_yaml("optim:\n  lr: 1\n  lr: 2\n", "t")
+    with pytest.raises(ConfigError, match="recursive alias"):
+        parse_yaml("a: &x [*x]\n", "t")
+    deep = "a: " + "[" * (MAX_YAML_DEPTH + 1) + "]" * (MAX_YAML_DEPTH + 1)
+    with pytest.raises(ConfigError, match="nested more than"):
+        parse_yaml(deep, "t")
+    parse_yaml("a: " + "[" * (MAX_YAML_DEPTH - 2) + "]" * (MAX_YAML_DEPTH - 2), "t")  # within the bound
+    for text, message in [("", "is empty"), ("# only\n", "is empty"), ("- 1\n", "must hold a mapping")]:
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            read_yaml(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("# only a comment\n")
+    assert read_yaml(tmp_path / "c.yaml", allow_empty=True) == {}
+
+
+def test_numbers_must_be_finite_and_fit_64_bits():
+    @dataclass
+    class C:
+        lr: float = 0.1
+        steps: int = 1
+        cap: Optional[float] = None
+
+    assert from_dict(C, {"lr": 1e30, "steps": 2**62, "cap": None}).steps == 2**62
+    with pytest.raises(ConfigError, match="lr: 1e\\+300 is beyond float32"):
+        from_dict(C, {"lr": 1e300})
+    with pytest.raises(ConfigError) as info:
+        from_dict(C, {"lr": float("inf"), "steps": 1e20, "cap": float("-inf")})
+    text = str(info.value)
+    assert "lr: expected a finite number, got inf" in text and "cap: expected a finite number" in text
+    assert "steps: 1e+20 is beyond any count" in text
+    with pytest.raises(ConfigError, match="steps: expected an integer"):
+        from_dict(C, {"steps": "3"})
+
+
+def test_changed_keys_names_every_edit():
+    from lowbit.runs import changed_keys
+
+    before = {"optim": {"lr": 0.1, "extra": {}}, "run": {"epochs": 2}, "quant": None}
+    after = {"optim": {"lr": 0.2, "extra": {"mu": 1}}, "run": {"epochs": 2, "seed": 1}, "quant": None}
+    assert changed_keys(before, after) == ["optim.lr", "optim.extra", "run.seed"]

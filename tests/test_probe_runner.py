@@ -151,3 +151,20 @@ def test_cli_probe_and_report(tmp_path, capsys):
     assert main(["probe", str(config), "probe.dimz=[3]", "--runs-dir", str(tmp_path / "runs2")]) == 2
     assert "did you mean 'probe.dims'" in capsys.readouterr().err
     assert not (tmp_path / "runs2").exists()
+
+
+def test_resume_verifies_the_units_it_finds(tmp_path):
+    from lowbit.probe.plan import completed_units
+    from lowbit.runs import RecordWriter
+
+    path = tmp_path / "records.csv"
+    writer = RecordWriter(path)
+    for unit in ("dim=3,init=0,batch=0", "dim=3,init=0,batch=1"):
+        writer.write_many([{"unit": unit, "metric": "m", "value": 1.0}] * 2)
+    planned = ["dim=3,init=0,batch=0", "dim=3,init=0,batch=1", "dim=4,init=0,batch=0"]
+    assert completed_units(path, planned) == set(planned[:2])
+    with pytest.raises(ValueError, match="does not plan .*first: 'dim=3,init=0,batch=1'.*config.yaml was changed"):
+        completed_units(path, planned[:1])
+    writer.write_many([{"unit": "dim=3,init=0,batch=0", "metric": "m", "value": 1.0}])  # a second writer's copy
+    with pytest.raises(ValueError, match="holds unit 'dim=3,init=0,batch=0' twice"):
+        completed_units(path, planned)

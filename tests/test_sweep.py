@@ -103,8 +103,8 @@ def test_spec_errors_name_the_key_and_the_fix(tmp_path):
 
 
 def test_an_invalid_key_in_one_cell_fails_before_any_cell_runs(tmp_path):
-    write_spec(tmp_path, grid={"optim.lr": [0.05, -1.0], "model.width_mult": [1.0]})
-    with pytest.raises(SweepConfigError, match=r"(?s)1 of 2 cells.*cell optim\.lr=-1, model\.width_mult=1: .*optim\.lr must be > 0"):
+    write_spec(tmp_path, grid={"optim.lr": [0.05, -1.0], "optim.momentum": [0.9]})
+    with pytest.raises(SweepConfigError, match=r"(?s)1 of 2 cells.*cell optim\.lr=-1, optim\.momentum=0\.9: .*optim\.lr must be > 0"):
         sweep(tmp_path)
     write_spec(tmp_path, grid={"optim.lrr": [0.05, 0.1]})
     with pytest.raises(SweepConfigError, match=r"(?s)every cell: .*unknown key 'optim\.lrr'; did you mean 'optim\.lr'"):
@@ -116,21 +116,21 @@ def test_an_invalid_key_in_one_cell_fails_before_any_cell_runs(tmp_path):
 
 
 def test_cells_expand_grid_zip_and_seeds_in_order(tmp_path):
-    write_spec(tmp_path, grid={"model.width_mult": [1.0, 0.5]}, zip={"optim.lr": [0.1, 0.01], "optim.name": ["sgd", "adam"]},
+    write_spec(tmp_path, grid={"optim.momentum": [0.9, 0.5]}, zip={"optim.lr": [0.1, 0.01], "optim.name": ["sgd", "adam"]},
                seeds=[0, 1])
     _, base_file, _, cells = plan_sweep(load_sweep_spec(tmp_path / "spec.yaml"), tmp_path)
     assert base_file.endswith("train-digits.yaml")
     assert len(cells) == 2 * 2 * 2
-    assert cells[0].varied == {"model.width_mult": 1.0, "optim.lr": 0.1, "optim.name": "sgd", "seed": 0}
-    assert cells[3].varied == {"model.width_mult": 1.0, "optim.lr": 0.01, "optim.name": "adam", "seed": 1}
+    assert cells[0].varied == {"optim.momentum": 0.9, "optim.lr": 0.1, "optim.name": "sgd", "seed": 0}
+    assert cells[3].varied == {"optim.momentum": 0.9, "optim.lr": 0.01, "optim.name": "adam", "seed": 1}
     assert cells[3].config.run.seed == 1 and cells[3].config.optim.name == "adam" and cells[3].config.run.epochs == 2
-    assert cells[7].config.model.width_mult == 0.5
+    assert cells[7].config.optim.momentum == 0.5
     # grid.KEY=[...] on the command line changes the grid; any other override applies to every cell
-    spec = load_sweep_spec(tmp_path / "spec.yaml", ["grid.model.width_mult=[0.25]", "run.epochs=3", "seeds=[5]"])
+    spec = load_sweep_spec(tmp_path / "spec.yaml", ["grid.optim.momentum=[0.25]", "run.epochs=3", "seeds=[5]"])
     _, _, _, cells = plan_sweep(spec, tmp_path)
     assert [c.varied for c in cells] == [
-        {"model.width_mult": 0.25, "optim.lr": 0.1, "optim.name": "sgd", "seed": 5},
-        {"model.width_mult": 0.25, "optim.lr": 0.01, "optim.name": "adam", "seed": 5},
+        {"optim.momentum": 0.25, "optim.lr": 0.1, "optim.name": "sgd", "seed": 5},
+        {"optim.momentum": 0.25, "optim.lr": 0.01, "optim.name": "adam", "seed": 5},
     ]
     assert all(c.config.run.epochs == 3 for c in cells)
 

@@ -8,12 +8,16 @@ and turns library errors into one-line messages (exit code 2).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import pickle
 import sys
+import warnings
 from typing import Optional, Sequence
 
 import lowbit
 from lowbit.cli_args import IntermixedParser
+from lowbit.files import storage_error
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
@@ -45,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
             sub.set_defaults(_missing=True)
             continue
         module.add_arguments(sub)
+        _add_debug_flag(sub)
     return parser
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand (and sub-subcommand) takes --debug: full tracebacks instead of one-line errors."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug_flag(child)
+            return
+    if not any("--debug" in a.option_strings for a in parser._actions):
+        parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -57,16 +73,65 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "_missing", False):
         parser.error(f"subcommand {args.command!r} is not available in this installation")
     module = importlib.import_module(args._module)
+    debug = getattr(args, "debug", False)
     try:
-        return int(module.run(args) or 0)
+        with _one_line_warnings(args.command):
+            return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        if getattr(args, "debug", False):
+    except Exception as error:  # noqa: BLE001 - every error becomes one message (tracebacks with --debug)
+        if debug:
             raise
-        print(f"lowbit {args.command}: error: {error}", file=sys.stderr)
+        words = " ".join(filter(None, [args.command, getattr(args, "analysis", None)]))
+        print(f"lowbit {words}: error: {error_message(error, words)}", file=sys.stderr)
         return 2
+
+
+# errors whose message already names the problem and the fix
+EXPECTED_ERRORS = (ValueError, LookupError, FileNotFoundError, pickle.UnpicklingError)
+RESUMABLE = {"train", "probe", "analyze", "sweep"}
+
+
+def error_message(error: BaseException, command: str) -> str:
+    """What the user reads: the library's message; storage errors with how to resume; others as internal."""
+    if isinstance(error, OSError) and error.errno is not None:  # from the operating system, not a message of ours
+        error = storage_error(error)
+        text = str(error)
+        if error.run_dir is not None and command.split()[0] in RESUMABLE:
+            text += f"; the run is kept: continue it with `lowbit {command} --resume {error.run_dir}`"
+        return text
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        return str(error.args[0])
+    if isinstance(error, EXPECTED_ERRORS):
+        return str(error)
+    if isinstance(error, MemoryError):
+        return "out of memory; use a smaller model, batch or data subset (data.train_subset=N)"
+    if isinstance(error, RecursionError):
+        return "input nested too deeply (a recursive or very deep structure); simplify it"
+    text = str(error).strip().splitlines()
+    detail = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return f"internal error ({detail}); rerun with --debug for the traceback and report it"
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """lowbit's own warnings (e.g. records recovered after a crash) as ``lowbit CMD: warning: ...`` lines."""
+    from lowbit.runs import RecordsRecovered
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, RecordsRecovered):
+            print(f"lowbit {command}: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,19 @@ the value and the expected type, and all problems are reported together.
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Any``,
 ``Optional[T]``, ``list[T]``, ``tuple[T, ...]``, ``dict[str, T]``,
-``Literal[...]`` and nested dataclasses.
+``Literal[...]`` and nested dataclasses. A ``float`` field takes finite numbers
+within float32's range only (NaN and ±inf mean nothing as a learning rate, a
+factor or a range, and 1e300 overflows the float32 tensors it scales; the
+fields that may be unbounded say so with ``None``), an ``int`` field one that
+fits 64 bits.
+
+YAML is read with bounds, so a small hostile file cannot exhaust memory or
+time before its keys are checked (:func:`read_yaml`, also for the values of
+overrides): at most :data:`MAX_CONFIG_BYTES` of text, :data:`MAX_YAML_NODES`
+values once aliases are expanded (a "billion laughs" file is refused, not
+expanded), nesting at most :data:`MAX_YAML_DEPTH` deep, no recursive alias, no
+duplicate key (YAML would silently keep the last), no empty or comment-only
+file, and only YAML's safe types (``!!python/...`` tags are refused).
 """
 
 from __future__ import annotations
@@ -26,9 +38,116 @@ from lowbit.registry import nearest
 
 C = TypeVar("C")
 
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: the largest built-in config is ~3 kB
+MAX_YAML_NODES = 100_000  # values after alias expansion; the largest built-in config has ~300
+MAX_YAML_DEPTH = 50  # nesting levels; built-in configs use at most 5
+INT_LIMIT = 2**63  # int fields must fit int64 (torch seeds, counts)
+FLOAT32_MAX = 3.4028234663852886e38  # float fields must fit float32: they scale float32 tensors
+
 
 class ConfigError(ValueError):
     """A config that does not match its schema; the message lists every problem."""
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (the plain one keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen: Dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}); keep one", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_node(root: yaml.Node, source: str) -> None:
+    """Refuse a YAML graph whose expansion (aliases followed) is too large, too deep or recursive."""
+    size: Dict[int, int] = {}
+    height: Dict[int, int] = {}
+    stack = [(root, False)]
+    on_path: set = set()
+    while stack:  # iterative post-order: a deep graph cannot overflow Python's stack here
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            height[key] = 1 + max((height[id(c)] for c in children), default=0)
+            if size[key] > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"{source} expands to more than {MAX_YAML_NODES:,} values (aliases repeat their anchors); "
+                    "a config is a page of keys: write it out without nested aliases"
+                )
+            if height[key] > MAX_YAML_DEPTH:
+                raise ConfigError(f"{source} is nested more than {MAX_YAML_DEPTH} levels deep; flatten it")
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise ConfigError(f"{source} holds a recursive alias (an anchor used inside itself); remove it")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+
+
+def _children(node: yaml.Node) -> List[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML ``text`` as data, within the bounds of the module docstring; errors name ``source``."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is {len(text):,} characters; a config is at most {MAX_CONFIG_BYTES:,}")
+    loader = _BoundedSafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_node(node, source)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to read (more than {MAX_YAML_DEPTH} levels); flatten it") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {_one_line(error)}") from None
+    finally:
+        loader.dispose()
+
+
+def _one_line(error: yaml.YAMLError) -> str:
+    """PyYAML's message (problem, line, column) on one line, without the quoted source snippet."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{context + ': ' if context else ''}{problem}{where}"
+
+
+MAX_THREADS = 256  # torch threads at most (or 4 per core on a bigger machine): 1e5 threads hang the process
+
+
+def check_threads(value: Any, key: str) -> None:
+    """A torch thread count a machine can use (None/0: the default); a config from a larger machine still runs."""
+    import os
+
+    limit = max(MAX_THREADS, 4 * (os.cpu_count() or 1))
+    if isinstance(value, int) and value > limit:
+        raise ConfigError(
+            f"{key}={value} is more threads than this machine can use ({os.cpu_count()} cores; at most {limit}); "
+            "use the core count or fewer"
+        )
 
 
 def parse_overrides(overrides: Iterable[str]) -> Dict[str, Any]:
@@ -125,9 +244,11 @@ def builtin_config_dirs() -> List[Path]:
 
 def _parse_scalar(text: str) -> Any:
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        value = parse_yaml(text, f"override value {text[:40]!r}")
+    except ConfigError as error:
+        if "not valid YAML" in str(error):
+            return text  # e.g. "a: b" or an unbalanced bracket: taken as the plain string
+        raise
     return _fix_yaml_floats(value)
 
 
@@ -161,20 +282,51 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> Dict[str, 
     return merged
 
 
-def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+def read_yaml(path: Union[str, Path], allow_empty: bool = False) -> Dict[str, Any]:
+    """Read a YAML mapping within the bounds of the module docstring, with errors that name the file.
+
+    An empty or comment-only file is an error (it would silently mean "all
+    defaults"), unless ``allow_empty``; then it reads as ``{}``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (looked in {path.resolve().parent})")
+    source = f"config file {str(path)!r}"
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{source} is {size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,} (is it a config?)")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{source} is not UTF-8 text (byte {error.start}); is it a config?") from None
+    except OSError as error:
+        raise ConfigError(f"{source} cannot be read: {error.strerror or error}") from None
+    data = parse_yaml(text, source)
     if data is None:
-        return {}
+        if allow_empty:
+            return {}
+        raise ConfigError(
+            f"{source} is empty (or only comments): write the keys to change, or give no file for the built-in defaults"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{source} must hold a mapping of keys, got {type(data).__name__}")
     return _fix_yaml_floats(data)
+
+
+def read_yaml_or_empty(path: Union[str, Path]) -> Dict[str, Any]:
+    """A run's YAML file for a report (meta.yaml, summary.yaml): ``{}`` when missing, empty or not a mapping.
+
+    Still bounded and safe; invalid YAML is an error naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return read_yaml(path, allow_empty=True)
+    except ConfigError as error:
+        if "must hold a mapping" in str(error):
+            return {}
+        raise
 
 
 def load_config(
@@ -214,7 +366,10 @@ def _plain(value: Any) -> Any:
 
 
 def save_config(config: Any, path: Union[str, Path]) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Write the config as YAML, atomically (a reader never sees half a config.yaml)."""
+    from lowbit.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def _build_dataclass(cls: Any, data: Any, where: str, errors: List[str]) -> Any:
@@ -300,18 +455,34 @@ def _coerce(tp: Any, value: Any, path: str, errors: List[str]) -> Any:
         errors.append(f"{path}: expected true or false, got {value!r}")
         return None
     if tp is int:
+        number = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        errors.append(f"{path}: expected an integer, got {value!r}")
-        return None
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        if number is None:
+            errors.append(f"{path}: expected an integer, got {value!r}")
+            return None
+        if not -INT_LIMIT <= number < INT_LIMIT:
+            errors.append(f"{path}: {value!r} is beyond any count or seed lowbit can use (|n| < 2**63)")
+            return None
+        return number
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isnan(float(value)):
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float range
+                number = math.inf
+            if math.isnan(number):
                 errors.append(f"{path}: expected a number, got NaN")
                 return None
-            return float(value)
+            if math.isinf(number):
+                errors.append(f"{path}: expected a finite number, got {value!r}")
+                return None
+            if abs(number) > FLOAT32_MAX:
+                errors.append(f"{path}: {value!r} is beyond float32 (|x| <= 3.4e38), the precision of the tensors it meets")
+                return None
+            return number
         errors.append(f"{path}: expected a number, got {value!r}")
         return None
     if tp is str:

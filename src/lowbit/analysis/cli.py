@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("config", nargs="?", help=f"YAML config (configs/analyze-*.yaml); default: the built-in quick {name} recipe on digits")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 probe.every=5")
         p.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
+        p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                       help="run a stopped analysis again into its own folder, from its config.yaml (it starts over)")
+        p.add_argument("--force", action="store_true",
+                       help="with --resume: accept a config.yaml edited since the run started")
         p.add_argument("--data-dir", default=None, help="folder with the data set archives (default: $LOWBIT_DATA, else ./data)")
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides the config's device")
         p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
@@ -35,12 +39,18 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.analysis.report import SUMMARY_FILE
 
     config_path, overrides = split_config_and_overrides(args.config, args.overrides)
-    config = load_analysis_config(args.analysis, config_path, overrides + ([f"device={args.device}"] if args.device else []))
+    if args.resume and (config_path or overrides):
+        raise ValueError("--resume takes the run's own config.yaml: give no config file or overrides with it")
+    if args.force and not args.resume:
+        raise ValueError("--force only applies to --resume RUN_DIR (it accepts an edited config.yaml)")
+    device_override = [f"device={args.device}"] if args.device else []
+    config = None if args.resume else load_analysis_config(args.analysis, config_path, overrides + device_override)
     prefix = f"lowbit analyze {args.analysis}"
     log = None if args.quiet else (lambda line: print(f"{prefix}: {line}", file=sys.stderr))
     run_dir = run_analysis(
-        args.analysis, config, runs_dir=args.runs_dir, data_dir=args.data_dir, progress=not args.quiet, log=log
-    )
+        args.analysis, config, resume=args.resume, runs_dir=args.runs_dir, data_dir=args.data_dir,
+        progress=not args.quiet, log=log, force=args.force, device=args.device if args.resume else None,
+    )  # fmt: skip
     seconds = yaml.safe_load((run_dir / SUMMARY_FILE).read_text())["seconds_total"]
     print(f"{prefix}: done in {seconds:.0f} s; report: {run_dir / 'report.md'}", file=sys.stderr)
     return 0

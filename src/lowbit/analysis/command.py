@@ -7,6 +7,7 @@ cell (``lowbit.sweep``) and a run by hand make the same run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from pathlib import Path
@@ -16,7 +17,20 @@ import yaml
 
 from lowbit.config import load_config
 from lowbit.devices import resolve_device, set_tf32
+from lowbit.files import check_writable
 from lowbit.registry import UnknownNameError, unknown_name_message
+from lowbit.runs import (
+    atomic_write_text,
+    check_resume_config,
+    clear_run_dir,
+    create_run_dir,
+    hold_run_lock,
+    holds_run_locks,
+    open_resumed_run,
+    prepare_run_dir,
+    started_config,
+    write_run_files,
+)
 
 PathLike = Union[str, Path]
 
@@ -66,37 +80,64 @@ def load_analysis_config(name: str, path: Optional[PathLike] = None, overrides: 
     return load_config(analysis_config_class(name), path, overrides, base=base)
 
 
+@holds_run_locks
 def run_analysis(
     name: str,
-    config: Any,
+    config: Any = None,
     run_dir: Optional[PathLike] = None,
     *,
+    resume: Optional[PathLike] = None,
     runs_dir: PathLike = "runs",
     data_dir: Optional[str] = None,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = None,
+    force: bool = False,
+    device: Optional[str] = None,
 ) -> Path:
     """Run the analysis ``name`` on ``config`` into a run directory; return it.
 
     ``run_dir`` (created if missing) replaces the default ``runs_dir/<config.name>-<time>``.
-    Writes ``config.yaml``, ``meta.yaml``, the analysis' records and plots, ``summary.yaml`` and ``report.md``.
+    ``resume``: a run directory of this analysis that stopped (a kill, a full
+    disk) to run again, from its own ``config.yaml`` and into the same folder;
+    analyses are deterministic, so it ends as an uninterrupted run would. (An
+    analysis has no checkpoints: it starts over, its outputs are replaced.) A
+    ``config.yaml`` edited since the run started is refused unless ``force``
+    (``device``, the ``--device`` flag, may change on resume).
+    Every check of :mod:`lowbit.analysis.preflight` runs before the run directory
+    is made. Writes ``config.yaml``, ``meta.yaml``, the analysis' records and
+    plots, ``summary.yaml`` and ``report.md``.
     """
     import torch
 
+    from lowbit.analysis.preflight import check_analysis
     from lowbit.analysis.report import SUMMARY_FILE, write_analysis_report
-    from lowbit.runs import atomic_write_text, create_run_dir, write_run_files
 
-    analysis_config_class(name)  # a clear error for an unknown name
+    config_class = analysis_config_class(name)  # a clear error for an unknown name
     _, runner_spec, _ = ANALYSES[name]
-    resolve_device(config.device)  # no such device: one line, before the run directory exists
+    if resume is not None:
+        run_dir = open_resumed_run(resume, config, run_dir, f"analyze {name}")
+        config = load_config(config_class, run_dir / "config.yaml")
+        if device is not None:
+            config = dataclasses.replace(config, device=device)
+        check_resume_config(run_dir, config, started_config(run_dir), f"analyze {name}", changeable=("device",), force=force)
+        resolve_device(config.device)  # no such device: one line, before anything is cleared
+        check_analysis(name, config)
+        clear_run_dir(run_dir, keep=("config.yaml",))
+    else:
+        if config is None:
+            config = config_class()
+        resolve_device(config.device)  # no such device: one line, before the run directory exists
+        check_analysis(name, config)  # before the run directory exists
+        check_writable(run_dir if run_dir is not None else runs_dir)
+        if run_dir is None:
+            run_dir = create_run_dir(config.name, runs_dir)
+        else:
+            run_dir = prepare_run_dir(run_dir)
+        hold_run_lock(run_dir)
+    (Path(run_dir) / "plots").mkdir(exist_ok=True)
     set_tf32(False)  # the landscapes and probes are compared point by point: full fp32 matmuls
     if getattr(config, "threads", None):
         torch.set_num_threads(config.threads)
-    if run_dir is None:
-        run_dir = create_run_dir(config.name, runs_dir)
-    else:
-        run_dir = Path(run_dir)
-        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
     write_run_files(run_dir, config)
     if log is not None:
         log(f"writing to {run_dir}")

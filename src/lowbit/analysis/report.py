@@ -22,6 +22,7 @@ from lowbit.analysis.bn_experiment import FINAL_FILE, LR_BAND_FILE, PROBES_FILE,
 from lowbit.analysis.landscape_experiment import INTERPOLATION_FILE, LANDSCAPE_FILE
 from lowbit.analysis.weights import WEIGHTS_FILE
 from lowbit.report.tables import format_mean_se, format_number, group, markdown_table, mean_se
+from lowbit.config import read_yaml_or_empty
 from lowbit.runs import atomic_write_text, read_records
 
 __all__ = [
@@ -44,7 +45,7 @@ _SECTION_FILES = {
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    return read_yaml_or_empty(path)  # bounded, safe YAML; {} when missing
 
 
 def is_analysis_run(run_dir: Path) -> bool:

@@ -16,6 +16,7 @@ from lowbit.data.datasets import (
     DATA_ENV_VAR,
     DatasetSpec,
     ImageDataset,
+    dataset_spec,
     list_datasets,
     load_dataset,
     register_dataset,
@@ -33,6 +34,7 @@ from lowbit.data.augment import AugmentParams, BatchAugment, mixup, normalize
 __all__ = [
     "ImageDataset",
     "DatasetSpec",
+    "dataset_spec",
     "load_dataset",
     "list_datasets",
     "register_dataset",

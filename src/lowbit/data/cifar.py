@@ -36,7 +36,11 @@ per-image stds).
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
+import lzma
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +51,7 @@ import torch
 
 from lowbit.data.datasets import DatasetSpec, register_dataset
 from lowbit.data.errors import DataError, missing_files_error
+from lowbit.data.limits import MAX_ARCHIVE_BYTES, check_size, unpacked_limit
 from lowbit.data.safe_pickle import SafeUnpickler
 
 __all__ = ["CifarLayout", "CIFAR10", "CIFAR100", "load_cifar", "md5sum"]
@@ -137,12 +142,52 @@ def _corrupt(layout: CifarLayout, source: str, exc: BaseException) -> DataError:
     )
 
 
+class _BoundedReader(io.RawIOBase):
+    """A read-only stream that raises once more than ``limit`` bytes came out of ``inner``."""
+
+    def __init__(self, inner: Any, limit: int, what: str, fix: str):
+        self.inner, self.limit, self.count, self.what, self.fix = inner, limit, 0, what, fix
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n if n is not None and n >= 0 else self.limit + 1 - self.count)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise DataError(f"{self.what} unpacks to more than {self.limit:,} bytes (a decompression bomb?); {self.fix}")
+        return data
+
+
+def _open_decompressed(path: Path) -> Any:
+    """The archive's bytes after gzip / bzip2 / xz (by magic number), or as they are (a plain tar)."""
+    with open(path, "rb") as probe:
+        magic = probe.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(path, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
 def _read_archive(path: Path, layout: CifarLayout, members: Tuple[str, ...]) -> Dict[str, Any]:
-    """Unpickle ``members`` of the archive in one sequential pass, without extracting anything."""
+    """Unpickle ``members`` of the archive in one sequential pass, without extracting anything.
+
+    Bounded (:mod:`lowbit.data.limits`): each member's stated size is checked
+    before it is read, and the archive may unpack to at most
+    :func:`~lowbit.data.limits.unpacked_limit` of its size in all.
+    """
     wanted = {f"{layout.folder}/{m}": m for m in members}
     found: Dict[str, Any] = {}
+    fix = f"it is not the official {layout.archive}; download it again from {CIFAR_URL}"
+    archive_size = path.stat().st_size
     try:
-        with tarfile.open(path, mode="r|*") as tar:  # stream mode: one decompression pass, no seeking
+        with _open_decompressed(path) as raw, tarfile.open(
+            fileobj=_BoundedReader(raw, min(MAX_ARCHIVE_BYTES, unpacked_limit(archive_size)), f"{layout.name}: {path}", fix),
+            mode="r|",
+        ) as tar:  # stream mode: one decompression pass, no seeking
             for info in tar:
                 member = wanted.get(info.name.removeprefix("./"))
                 if member is None:
@@ -152,6 +197,7 @@ def _read_archive(path: Path, layout: CifarLayout, members: Tuple[str, ...]) -> 
                         f"{layout.name}: refusing member {info.name!r} of {path}: it is a link or special file, "
                         f"not a regular file as in the official archive; download {layout.archive} again from {CIFAR_URL}."
                     )
+                check_size(info.size, f"{layout.name}: member {info.name} of {path}", fix, compressed=archive_size)
                 handle = tar.extractfile(info)
                 found[member] = SafeUnpickler(handle, f"{path}:{info.name}").load()
                 if len(found) == len(wanted):
@@ -181,6 +227,7 @@ def _read_folder(folder: Path, layout: CifarLayout, members: Tuple[str, ...]) ->
                 f"The folder is incomplete; extract {layout.archive} from {CIFAR_URL} again.",
             )
         try:
+            check_size(path.stat().st_size, f"{layout.name}: {path}", f"it is not a CIFAR batch; extract {layout.archive} again")
             with open(path, "rb") as handle:
                 found[member] = SafeUnpickler(handle, str(path)).load()
         except DataError:
@@ -201,11 +248,17 @@ def _batch_arrays(batch: Any, source: str, layout: CifarLayout) -> Tuple[np.ndar
         got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{layout.name}: b'data' in {source} is a {got}, expected {expected}")
     try:
-        labels = np.asarray(labels, dtype=np.int64)
+        raw_labels = np.asarray(labels)
     except (TypeError, ValueError):
-        labels = None
-    if labels is None or labels.shape != (data.shape[0],):
+        raw_labels = None
+    if raw_labels is None or raw_labels.shape != (data.shape[0],):
         raise DataError(f"{layout.name}: {layout.label_key!r} in {source} does not hold {data.shape[0]} ints; expected {expected}")
+    if raw_labels.size and raw_labels.dtype.kind not in "iu":  # 1.5 or True would otherwise be cast silently
+        raise DataError(
+            f"{layout.name}: {layout.label_key!r} in {source} holds {raw_labels.dtype} values "
+            f"(e.g. {raw_labels[0]!r}), not integers; expected {expected}"
+        )
+    labels = raw_labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
         raise DataError(
             f"{layout.name}: labels in {source} range over [{labels.min()}, {labels.max()}], expected [0, {layout.num_classes})"
@@ -251,5 +304,7 @@ for _layout in (CIFAR10, CIFAR100):
             num_classes=_layout.num_classes,
             mean=_layout.mean,
             std=_layout.std,
+            channels=IMAGE_SHAPE[0],
+            image_side=IMAGE_SHAPE[1],
         )
     )

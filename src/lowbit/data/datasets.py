@@ -36,6 +36,7 @@ from lowbit.registry import Registry
 __all__ = [
     "ImageDataset",
     "DatasetSpec",
+    "dataset_spec",
     "load_dataset",
     "list_datasets",
     "resolve_data_dir",
@@ -47,7 +48,8 @@ __all__ = [
 
 DATA_ENV_VAR = "LOWBIT_DATA"
 SPLITS = ("train", "test")
-_RESIZE_CHUNK = 4096  # images resized per interpolate call: bounds the float32 temporary
+_RESIZE_CHUNK = 4096  # images resized per interpolate call at most ...
+_RESIZE_BYTES = 256 << 20  # ... and at most this many bytes of float32 temporaries per call
 
 
 @dataclass
@@ -106,7 +108,8 @@ class DatasetSpec:
     ``load_split(split, data_dir, verify)`` returns ``(images, labels)`` at the
     native size: ``(N, C, H, W)`` uint8 and ``(N,)`` int64. ``mean``/``std`` are
     the published train-split constants, or ``None`` to compute them from the
-    train split (after resizing).
+    train split (after resizing). ``channels`` and ``image_side`` let a config
+    be checked against the data (model input, crop padding) before any file is read.
     """
 
     name: str
@@ -114,6 +117,8 @@ class DatasetSpec:
     num_classes: int
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
+    channels: Optional[int] = None  # C of the images, known without loading them (None: unknown)
+    image_side: Optional[int] = None  # native H = W in pixels, known without loading (None: unknown)
 
 
 _DATASETS = Registry("dataset")
@@ -123,6 +128,11 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Make ``spec`` loadable as ``load_dataset(spec.name)``."""
     _DATASETS.register(spec.name)(spec)
     return spec
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registered :class:`DatasetSpec` of ``name`` (an unknown name lists the valid ones)."""
+    return _DATASETS.get(name)
 
 
 def list_datasets() -> list[str]:
@@ -153,11 +163,18 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
         raise ValueError(f"image_size must be a positive int, got {size!r}")
     if tuple(images.shape[-2:]) == (size, size):
         return images
-    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)  # (N, C, size, size)
-    for start in range(0, images.shape[0], _RESIZE_CHUNK):
-        chunk = images[start : start + _RESIZE_CHUNK].float()
+    from lowbit.data.limits import check_size
+
+    n, c = images.shape[0], images.shape[1]
+    check_size(n * c * size * size, f"resizing {n} images to {size}x{size} (image_size)",
+               "lower data.image_size", limit=1 << 36)
+    # images per interpolate call: the float32 temporary stays under _RESIZE_BYTES
+    chunk_size = max(1, min(_RESIZE_CHUNK, _RESIZE_BYTES // max(1, c * size * size * 4)))
+    out = torch.empty((n, c, size, size), dtype=torch.uint8)  # (N, C, size, size)
+    for start in range(0, n, chunk_size):
+        chunk = images[start : start + chunk_size].float()
         resized = F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-        out[start : start + _RESIZE_CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8)
+        out[start : start + chunk_size] = resized.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 

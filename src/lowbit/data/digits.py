@@ -49,4 +49,4 @@ def load_digits_split(split: str, data_dir: Optional[Path] = None, verify: Optio
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
 
 
-register_dataset(DatasetSpec(name="digits", load_split=load_digits_split, num_classes=10))
+register_dataset(DatasetSpec(name="digits", load_split=load_digits_split, num_classes=10, channels=1, image_side=8))

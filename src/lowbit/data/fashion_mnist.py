@@ -57,6 +57,7 @@ def load_fashion_mnist(
 
 register_dataset(
     DatasetSpec(
-        name="fashion_mnist", load_split=load_fashion_mnist, num_classes=NUM_CLASSES, mean=(0.2860,), std=(0.3530,)
+        name="fashion_mnist", load_split=load_fashion_mnist, num_classes=NUM_CLASSES, mean=(0.2860,), std=(0.3530,),
+        channels=1, image_side=28,
     )
 )

@@ -34,6 +34,7 @@ import torch
 
 from lowbit.data.datasets import DatasetSpec, register_dataset
 from lowbit.data.errors import DataError, missing_files_error
+from lowbit.data.limits import check_size
 
 __all__ = ["load_idx_split", "load_mnist", "read_idx", "MNIST_FILES"]
 
@@ -63,36 +64,50 @@ def read_idx(path: Path, magic: int, dataset: str = "mnist", fix: Optional[str] 
     """Read an IDX file of unsigned bytes (plain or ``.gz``) whose magic number must be ``magic``.
 
     ``dataset`` and ``fix`` (how to get a good copy) go into the error messages.
+    The header is read first; the size it states is checked against the file
+    (and, for ``.gz``, against :mod:`lowbit.data.limits` and the free memory)
+    before the values are read, and a file longer than its header says is refused,
+    so a small gzip bomb costs at most what its header states.
     """
     fix = fix or f"delete it and download it again from {MNIST_URL}"
+    ndim = magic & 0xFF
+    header_size = 4 + 4 * ndim
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as handle:
-                raw = handle.read()
-        else:
-            raw = path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+            header = handle.read(header_size)
+            if len(header) < 4:
+                raise DataError(f"{dataset}: {path} is {len(header)} bytes, too short for an IDX header; {fix}.")
+            found = int.from_bytes(header[:4], "big")
+            if found != magic:
+                raise DataError(
+                    f"{dataset}: {path} has magic number 0x{found:08X}, expected 0x{magic:08X} "
+                    f"(IDX unsigned bytes, {ndim}-D); it is not the file its name says or it is corrupt; {fix}."
+                )
+            if len(header) < header_size:
+                raise DataError(f"{dataset}: {path} is {len(header)} bytes, shorter than its {header_size}-byte IDX header; {fix}.")
+            dims = struct.unpack(f">{ndim}I", header[4:])
+            body = math.prod(dims)
+            expected = header_size + body
+            if path.suffix != ".gz":
+                size = path.stat().st_size
+                if size != expected:
+                    raise DataError(
+                        f"{dataset}: {path} is {size} bytes but its header (sizes {dims}) promises {expected}; "
+                        f"it is truncated or corrupt; {fix}."
+                    )
+            compressed = path.stat().st_size if path.suffix == ".gz" else None
+            check_size(body, f"{dataset}: {path} (header sizes {dims})", fix, compressed=compressed)
+            raw = handle.read(body)
+            trailing = handle.read(1)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; truncation raises EOFError
         raise DataError(f"{dataset}: could not read {path}: {type(exc).__name__}: {exc}. It looks truncated or corrupt; {fix}.") from exc
-    if len(raw) < 4:
-        raise DataError(f"{dataset}: {path} is {len(raw)} bytes, too short for an IDX header; {fix}.")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
+    if len(raw) != body or trailing:
+        got = f"{header_size + len(raw)}" if len(raw) != body else f"more than {expected}"
         raise DataError(
-            f"{dataset}: {path} has magic number 0x{found:08X}, expected 0x{magic:08X} "
-            f"(IDX unsigned bytes, {magic & 0xFF}-D); it is not the file its name says or it is corrupt; {fix}."
-        )
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{dataset}: {path} is {len(raw)} bytes, shorter than its {header}-byte IDX header; {fix}.")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + math.prod(dims)
-    if len(raw) != expected:
-        raise DataError(
-            f"{dataset}: {path} is {len(raw)} bytes but its header (sizes {dims}) promises {expected}; "
+            f"{dataset}: {path} holds {got} bytes but its header (sizes {dims}) promises {expected}; "
             f"it is truncated or corrupt; {fix}."
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 
 def load_idx_split(
@@ -134,5 +149,7 @@ def load_mnist(split: str, data_dir: Path, verify: Optional[bool] = None) -> Tup
 
 
 register_dataset(
-    DatasetSpec(name="mnist", load_split=load_mnist, num_classes=NUM_CLASSES, mean=(0.1307,), std=(0.3081,))
+    DatasetSpec(
+        name="mnist", load_split=load_mnist, num_classes=NUM_CLASSES, mean=(0.1307,), std=(0.3081,), channels=1, image_side=28
+    )
 )

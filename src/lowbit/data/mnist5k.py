@@ -72,4 +72,4 @@ def load_mnist5k(split: str, data_dir: Path, verify: Optional[bool] = None) -> T
     return torch.from_numpy(images[idx]).unsqueeze(1), torch.from_numpy(labels[idx])  # (N, 1, 28, 28), (N,)
 
 
-register_dataset(DatasetSpec(name="mnist5k", load_split=load_mnist5k, num_classes=NUM_CLASSES))
+register_dataset(DatasetSpec(name="mnist5k", load_split=load_mnist5k, num_classes=NUM_CLASSES, channels=1, image_side=28))

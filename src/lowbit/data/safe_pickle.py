@@ -22,22 +22,28 @@ global                                        why it is needed
 dict, list, str, bytes and int need no global at all: they have their own
 opcodes. Globals are mapped to the objects imported here, never imported by
 name, so no module is imported on the file's behalf.
+
+Arrays are built by this module, not by numpy's pickle support: ``numpy.ndarray``
+and ``_reconstruct`` resolve to stand-ins that only accept the one shape of an
+array pickle (``_reconstruct(ndarray, (0,), b"b")`` then its state ``(version,
+shape, dtype, fortran, raw bytes)``). The state is checked *before* an array
+exists: a plain numeric dtype, a shape of non-negative ints, and exactly
+``prod(shape) * itemsize`` bytes of data, so the array's memory is the file's
+own bytes. Calling ``numpy.ndarray(shape, dtype, buffer, offset, strides)``
+directly (which can make a 1-byte buffer look like gigabytes with zero
+strides), object dtypes and inconsistent shapes are refused.
 """
 
 from __future__ import annotations
 
 import codecs
 import io
+import math
 import pickle
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Tuple
+from typing import IO, Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
-
-try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
 from lowbit.data.errors import DataError
 
@@ -57,13 +63,110 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+# plain numeric dtypes an image batch can hold (no objects, records, strings or sub-arrays)
+ALLOWED_DTYPES = frozenset(np.dtype(c) for c in ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8", "?"))
+
+
+class _NDArrayType:
+    """What the pickle's ``numpy.ndarray`` resolves to: usable only as ``_reconstruct``'s first argument."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickleError(
+            "refusing to call numpy.ndarray(...) from a pickle (it can view a tiny buffer as a huge array with "
+            "zero strides); genuine array pickles use numpy.core.multiarray._reconstruct"
+        )
+
+
+_NDARRAY = _NDArrayType()
+
+
+class _Dtype:
+    """A dtype named by the pickle, checked; its ``__setstate__`` accepts only a plain dtype's state."""
+
+    def __init__(self, code: Any, align: bool = False, copy: bool = True):
+        try:
+            dtype = np.dtype(code) if isinstance(code, (str, bytes)) else None
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.newbyteorder("=") not in ALLOWED_DTYPES:
+            raise UnsafePickleError(f"refusing dtype {code!r}: only plain numeric dtypes are accepted")
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 8 and state[1] in ("|", "<", ">", "=")
+                and state[2:5] == (None, None, None)):
+            raise UnsafePickleError(f"refusing dtype state {state!r}: not that of a plain numeric dtype")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _PendingArray:
+    """An array pickle's placeholder; ``__setstate__`` checks the state and builds the array from its bytes."""
+
+    array: Optional[np.ndarray] = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise UnsafePickleError(f"refusing ndarray state of {type(state).__name__}: not an array pickle")
+        _, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, _Dtype):
+            raise UnsafePickleError("refusing ndarray state: its dtype is not a plain numeric dtype")
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape) and len(shape) <= 8):
+            raise UnsafePickleError(f"refusing ndarray shape {shape!r}: not a tuple of at most 8 ints >= 0")
+        if not isinstance(raw, (bytes, bytearray)):
+            raise UnsafePickleError(f"refusing ndarray data of type {type(raw).__name__}: raw bytes expected")
+        expected = math.prod(shape) * dtype.dtype.itemsize
+        if len(raw) != expected:
+            raise UnsafePickleError(
+                f"refusing an ndarray of shape {shape} {dtype.dtype}: it needs {expected:,} bytes of data, "
+                f"the file holds {len(raw):,} (an inconsistent or forged array)"
+            )
+        array = np.frombuffer(bytes(raw), dtype=dtype.dtype)
+        self.array = array.reshape(shape, order="F" if fortran else "C")
+
+
+def _reconstruct_checked(cls: Any, shape: Any, code: Any) -> _PendingArray:
+    """``_reconstruct`` as array pickles call it, and nothing else."""
+    if cls is not _NDARRAY or shape != (0,) or code not in (b"b", "b"):
+        raise UnsafePickleError(f"refusing _reconstruct({cls!r}, {shape!r}, {code!r}): not an array pickle")
+    return _PendingArray()
+
+
 _ALLOWED: Dict[Tuple[str, str], Callable[..., Any] | type] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct_checked,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct_checked,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _Dtype,
     ("_codecs", "encode"): _latin1_encode,
 }
+
+
+def _resolve(value: Any, seen: Dict[int, Any]) -> Any:
+    """Replace the placeholders by their arrays in dicts, lists and tuples (shared and cyclic parts once)."""
+    if isinstance(value, _PendingArray):
+        if value.array is None:
+            raise UnsafePickleError("refusing an ndarray pickle without its data (no state was given)")
+        return value.array
+    if isinstance(value, _Dtype):
+        return value.dtype
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    key = id(value)
+    if key in seen:
+        return seen[key]
+    if isinstance(value, tuple):
+        seen[key] = value  # a cycle through a tuple keeps the tuple (pickle cannot build one that matters here)
+        result = tuple(_resolve(v, seen) for v in value)
+        seen[key] = result
+        return result
+    seen[key] = value
+    if isinstance(value, dict):
+        for k in list(value):
+            value[k] = _resolve(value[k], seen)
+    else:
+        for i, v in enumerate(value):
+            value[i] = _resolve(v, seen)
+    return value
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -90,6 +193,15 @@ class SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(f"refusing persistent id {pid!r} in {self.source}: CIFAR batches use none")
+
+    def load(self) -> Any:
+        try:
+            result = super().load()
+        except UnsafePickleError as error:
+            if self.source not in str(error):
+                raise UnsafePickleError(f"{error} (in {self.source})") from None
+            raise
+        return _resolve(result, {})
 
 
 def safe_load(file: IO[bytes] | bytes | str | Path, source: str | None = None) -> Any:

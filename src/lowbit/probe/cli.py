@@ -19,6 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config (configs/probe-*.yaml); default: the built-in probe")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. probe.dims=[8,16] seed=3")
     parser.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run without recomputing its records")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: finish the run even though config.yaml was edited since it started "
+        "(its records then mix two configs)",
+    )
     parser.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides the config's device (also on --resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -39,12 +45,17 @@ def run(args: argparse.Namespace) -> int:
     config_path, overrides = split_config_and_overrides(args.config, args.overrides)
     if args.resume and (config_path or overrides):
         raise ValueError("--resume takes the run's own config.yaml: give no config file or overrides with it")
+    if args.force and not args.resume:
+        raise ValueError("--force only applies to --resume RUN_DIR (it accepts an edited config.yaml)")
     device = [f"device={args.device}"] if args.device else []
     config = None if args.resume else load_probe_config(config_path, overrides + device)
     start = time.perf_counter()
     log = lambda line: print(f"lowbit probe: {line}", file=sys.stderr)  # noqa: E731
     try:
-        run_dir = run_probe(config, resume=args.resume, runs_dir=args.runs_dir, progress=not args.quiet, log=log)
+        run_dir = run_probe(
+            config, resume=args.resume, runs_dir=args.runs_dir, progress=not args.quiet, log=log, force=args.force,
+            device=args.device if args.resume else None,
+        )
     except ProbeInterrupted as stop:
         print(
             f"lowbit probe: interrupted; every finished grid point is saved in {stop.run_dir / 'records.csv'}.\n"

@@ -7,14 +7,26 @@ hand make the same run directory.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from lowbit.config import load_config
+from lowbit.config import check_threads, load_config
+from lowbit.files import check_writable
 from lowbit.probe.config import ProbeConfig
 from lowbit.probe.plan import prepare
 from lowbit.probe.runner import run_grid
-from lowbit.runs import create_run_dir, write_run_files
+from lowbit.runs import (
+    check_resume_config,
+    check_run_name,
+    create_run_dir,
+    hold_run_lock,
+    holds_run_locks,
+    open_resumed_run,
+    prepare_run_dir,
+    started_config,
+    write_run_files,
+)
 from lowbit.signals import sigterm_as_interrupt
 
 PathLike = Union[str, Path]
@@ -29,6 +41,7 @@ class ProbeInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
+@holds_run_locks
 def run_probe(
     config: Optional[ProbeConfig] = None,
     run_dir: Optional[PathLike] = None,
@@ -38,6 +51,8 @@ def run_probe(
     progress: bool = True,
     estimate: bool = True,
     log: Optional[Callable[[str], None]] = None,
+    force: bool = False,
+    device: Optional[str] = None,
 ) -> Path:
     """Measure ``config`` (default: the built-in probe) into a run directory and write its report.
 
@@ -45,33 +60,41 @@ def run_probe(
         config: the probe; not allowed with ``resume``.
         run_dir: where to write (created; must hold no records). Default ``runs_dir/<name>-<time>``.
         resume: a run directory to finish with its own ``config.yaml``; saved units are not recomputed.
+            A ``config.yaml`` edited since the run started is refused (naming the changed keys) unless ``force``.
         progress: a progress bar; estimate: print the time estimate before the work starts.
         log: called with the line naming the run directory.
+        device: with ``resume``, run the rest on this device (``cpu``, ``cuda``, ``cuda:N``); the one key
+            that may change on resume, as the numbers agree across devices to rounding.
 
     Raises:
         ValueError / FileNotFoundError: a bad config or run directory, before any compute.
+        DirectoryInUse: another process holds the run directory.
+        StorageError: a file could not be written (disk full, read-only); the run is resumable.
         ProbeInterrupted: Ctrl-C or SIGTERM; finished units are kept.
     """
     from lowbit.report import write_probe_report
 
     if resume is not None:
-        if config is not None or run_dir is not None:
-            raise ValueError("resume finishes a run with its own config.yaml: do not pass config or run_dir too")
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"{str(run_dir)!r} has no config.yaml: is it a run directory of `lowbit probe`?")
+        run_dir = open_resumed_run(resume, config, run_dir, "probe")
         config = load_config(ProbeConfig, run_dir / "config.yaml")
+        check_resume_config(run_dir, config, started_config(run_dir), "probe", changeable=("device",), force=force)
+        if device is not None:
+            config = dataclasses.replace(config, device=device)
         prepare(config)
     else:
         config = config if config is not None else ProbeConfig(name="probe-default")
+        check_run_name(config.name, "name")
+        check_threads(config.threads, "threads")
         prepare(config)  # every check before the run directory exists or any compute starts
+        check_writable(run_dir if run_dir is not None else runs_dir)
         if run_dir is None:
             run_dir = create_run_dir(config.name, runs_dir)
+            hold_run_lock(run_dir)
         else:
-            run_dir = Path(run_dir)
+            run_dir = prepare_run_dir(run_dir)
+            hold_run_lock(run_dir)
             if (run_dir / RECORDS_FILE).exists():
                 raise ValueError(f"{str(run_dir)!r} already holds probe records; resume it or choose another run_dir")
-            (run_dir / "plots").mkdir(parents=True, exist_ok=True)
         write_run_files(run_dir, config)
     if log is not None:
         log(f"writing to {run_dir}")

@@ -20,7 +20,7 @@ import dataclasses
 import inspect
 import zlib
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from lowbit.devices import resolve_device
 from lowbit.estimators import get_estimator
@@ -91,11 +91,36 @@ def plan_units(config: ProbeConfig, layers: Sequence[str] = ()) -> List[Unit]:
     return [Unit(p[head], {k: p[k] for k in condition_keys}, p["init"], p["batch"]) for p in points]
 
 
-def completed_units(records_path: Path) -> set:
-    """Ids of the units that have rows in ``records_path`` (none if it does not exist)."""
+def completed_units(records_path: Path, planned: Optional[Sequence[str]] = None) -> set:
+    """Ids of the units whose rows are in ``records_path`` (none if it does not exist).
+
+    Each unit's rows are one committed write (:class:`lowbit.runs.RecordWriter`),
+    so a unit listed here is complete. Verified: no unit is recorded twice, and
+    with ``planned`` (the ids this config plans) none is foreign to the plan.
+    """
     if not records_path.exists():
         return set()
-    return {r["unit"] for r in read_records(records_path, text_columns=("unit",))}
+    seen: List[str] = []
+    for row in read_records(records_path, text_columns=("unit",)):
+        unit = row.get("unit")
+        if not seen or seen[-1] != unit:
+            seen.append(unit)
+    done = set(seen)
+    if len(done) != len(seen):
+        twice = next(u for u in seen if seen.count(u) > 1)
+        raise ValueError(
+            f"{str(records_path)!r} holds unit {twice!r} twice: two processes wrote this run at once "
+            "(before run locks existed); start the probe again in a new run directory"
+        )
+    if planned is not None:
+        plan = set(planned)
+        foreign = [u for u in seen if u not in plan]
+        if foreign:
+            raise ValueError(
+                f"{str(records_path)!r} holds {len(foreign)} unit(s) this config does not plan (first: {foreign[0]!r}): "
+                "config.yaml was changed since they were measured; undo the change or start a new run"
+            )
+    return done
 
 
 def prepare(config: ProbeConfig) -> List[EstimatorSpec]:

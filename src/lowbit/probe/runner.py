@@ -4,9 +4,10 @@ What to measure (the grid of units, their ids and seeds, every check before
 compute) is :mod:`lowbit.probe.plan`; how long it will take is
 :mod:`lowbit.probe.estimate`. In a unit every estimator proposes a step on the
 same Objective and every measurement of :mod:`lowbit.probe.measure` is taken;
-the unit's records are appended to ``records.csv`` together, so an
-interruption loses at most the unit in progress and ``--resume`` finishes the
-grid without recomputing any saved unit. Every random draw is seeded from the
+the unit's records are appended to ``records.csv`` as one transaction
+(:class:`lowbit.runs.RecordWriter`: all of its rows visible, or none), so an
+interruption (a kill, a full disk) loses at most the unit in progress and
+``--resume`` finishes the grid without recomputing any saved unit. Every random draw is seeded from the
 unit's coordinates, so a resumed run equals an uninterrupted one.
 """
 
@@ -69,10 +70,10 @@ def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     records_path = run_dir / "records.csv"
-    done = completed_units(records_path)
-    writer = RecordWriter(records_path)
     layers = probed_layers(config)
     units = plan_units(config, layers)
+    done = completed_units(records_path, [u.id for u in units])  # verified: planned units, each recorded once
+    writer = RecordWriter(records_path)  # drops the rows of a unit whose write was cut short (with a warning)
     todo = [u for u in units if u.id not in done]
     # Into a redirected log the bar is redrawn only every _bar_interval() seconds: a postfix change must
     # not force a redraw there (tqdm's set_postfix_str refreshes by default, i.e. two lines per unit).

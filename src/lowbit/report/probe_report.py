@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import yaml
 
 from lowbit.report.tables import format_mean_se, group, markdown_table, mean_se
+from lowbit.config import read_yaml_or_empty
 from lowbit.runs import atomic_write_text, read_records
 
 # The x axis of the ΔL–lr curves, by measure.normalize.
@@ -116,7 +117,7 @@ def write_probe_report(run_dir: Path) -> Path:
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    return read_yaml_or_empty(path)  # bounded, safe YAML; {} when missing
 
 
 def _evidence(

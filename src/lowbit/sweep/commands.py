@@ -10,12 +10,12 @@ below a command's public API (``lowbit.train.train``,
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from lowbit.config import from_dict, read_yaml, to_dict
 from lowbit.registry import UnknownNameError, unknown_name_message
+from lowbit.runs import clear_run_dir
 
 Log = Optional[Callable[[str], None]]
 
@@ -126,6 +126,11 @@ class AnalyzeAdapter(CommandAdapter):
 
         return analysis_config_class(self.analysis)
 
+    def check(self, config: Any) -> None:
+        from lowbit.analysis.preflight import check_analysis
+
+        check_analysis(self.analysis, config)
+
     def run(self, config: Any, run_dir: Path, log: Log) -> None:
         from lowbit.analysis.command import run_analysis
 
@@ -150,13 +155,5 @@ def get_adapter(command: str) -> CommandAdapter:
 
 
 def _clear(run_dir: Path) -> None:
-    """Empty ``run_dir`` except the cell's log: an attempt that must start over leaves nothing behind."""
-    if not run_dir.is_dir():
-        return
-    for child in run_dir.iterdir():
-        if child.name == "cell.log":
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    """Empty ``run_dir`` except the cell's log (and the lock): an attempt that must start over leaves nothing behind."""
+    clear_run_dir(run_dir, keep=("cell.log",))

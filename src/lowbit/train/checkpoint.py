@@ -75,20 +75,56 @@ def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
     atomic_torch_save({"format": FORMAT, **state}, path)
 
 
+def _torch_load(path: Path, what: str, map_location: Optional[Union[str, torch.device]] = "cpu") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain values only; nothing in the file is executed."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # unpickling errors come in many types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{what}: cannot read {str(path)!r} as a PyTorch checkpoint of tensors ({type(error).__name__}: {first}); "
+            "it is corrupt, truncated or holds objects other than tensors (which are never unpickled)"
+        ) from error
+
+
 def load_checkpoint(path: PathLike, map_location: Optional[Union[str, torch.device]] = "cpu") -> Dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; clear errors for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # unpickling errors come in many types
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {error}") from error
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{str(path)!r} is not a lowbit training checkpoint (no 'model' entry)")
+    state = _torch_load(path, "checkpoint", map_location)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{str(path)!r} is not a lowbit training checkpoint (no 'model' state dict)")
     if state.get("format", FORMAT) != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} has format {state.get('format')}, this lowbit reads {FORMAT}")
     return state
+
+
+def first_mismatch(own: Dict[str, torch.Tensor], weights: Dict[str, Any]) -> Optional[str]:
+    """The first tensor that differs between a model's state dict and a checkpoint's, in words."""
+    for name, tensor in own.items():
+        if name not in weights:
+            return f"{name!r} {tuple(tensor.shape)} of the model is not in the checkpoint"
+        other = weights[name]
+        if not isinstance(other, torch.Tensor):
+            return f"{name!r} is a {type(other).__name__} in the checkpoint, not a tensor"
+        if tuple(other.shape) != tuple(tensor.shape):
+            return f"{name!r} is {tuple(other.shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
+    extra = [k for k in weights if k not in own]
+    if extra:
+        return f"{extra[0]!r} {tuple(getattr(weights[extra[0]], 'shape', ()))} of the checkpoint is not in the model"
+    return None
+
+
+def load_model_state(model: torch.nn.Module, weights: Dict[str, Any], path: PathLike) -> None:
+    """``model.load_state_dict(weights)``, or a one-line error naming the first tensor that does not fit."""
+    problem = first_mismatch(model.state_dict(), weights)
+    if problem is not None:
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not fit the model: {problem}; was config.yaml (model, data or quant) "
+            "changed since the checkpoint was written?"
+        )
+    model.load_state_dict(weights)
 
 
 def load_matching_weights(model: torch.nn.Module, path: PathLike) -> Dict[str, list]:
@@ -101,15 +137,18 @@ def load_matching_weights(model: torch.nn.Module, path: PathLike) -> Dict[str, l
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"run.init_from: no checkpoint at {str(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _torch_load(path, "run.init_from")
     weights = state.get("model", state) if isinstance(state, dict) else None
-    if not isinstance(weights, dict):
-        raise ValueError(f"run.init_from: {str(path)!r} holds no state dict")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"run.init_from: {str(path)!r} holds no state dict (a mapping of names to tensors)")
     own = model.state_dict()
     loaded = [k for k, v in weights.items() if k in own and tuple(own[k].shape) == tuple(v.shape)]
     skipped = [k for k in weights if k not in loaded]
     if not loaded:
-        raise ValueError(f"run.init_from: no tensor of {str(path)!r} matches the model (is it the same architecture?)")
+        raise ValueError(
+            f"run.init_from: no tensor of {str(path)!r} matches the model (first difference: "
+            f"{first_mismatch(own, weights)}); is it the same architecture?"
+        )
     with torch.no_grad():
         for k in loaded:
             own[k].copy_(weights[k])

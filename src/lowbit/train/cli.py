@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. optim.lr=0.1")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run from its last checkpoint")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even though config.yaml was edited since the run started "
+        "(the run then mixes two configs; its report no longer describes one recipe)",
+    )
     parser.add_argument("--data-dir", default=None, help="folder with the data archives (default: $LOWBIT_DATA, else ./data)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides run.device")
     parser.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
@@ -51,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             if config_path or overrides:
                 raise ValueError("--resume continues a run with its saved config.yaml; give no config or overrides")
-            run_dir = train(resume=args.resume, **common)
+            run_dir = train(resume=args.resume, force=args.force, **common)
         else:
+            if args.force:
+                raise ValueError("--force only applies to --resume RUN_DIR (it accepts an edited config.yaml)")
             config = load_train_config(config_path, overrides)
             run_dir = train(config, runs_dir=args.runs_dir, **common)
     except TrainingInterrupted as stop:

@@ -47,15 +47,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowbit.config import load_config, to_dict
+from lowbit.config import to_dict
 from lowbit.devices import set_tf32
+from lowbit.files import check_writable
 from lowbit.nn.latent import clip_latent_weights_
-from lowbit.runs import RecordWriter, atomic_write_text, create_run_dir, write_run_files
+from lowbit.runs import (
+    RecordWriter,
+    atomic_write_text,
+    create_run_dir,
+    hold_run_lock,
+    holds_run_locks,
+    prepare_run_dir,
+    rewrite_records,
+    write_run_files,
+)
 from lowbit.train.checkpoint import (
     capture_rng,
     checkpoint_path,
-    load_checkpoint,
     load_matching_weights,
+    load_model_state,
     restore_rng,
     save_checkpoint,
 )
@@ -63,6 +73,8 @@ from lowbit.train.config import TrainConfig
 from lowbit.train.distributed import Distributed, check_divisible, from_environment
 from lowbit.train.flips import flip_columns, flip_ratio_for
 from lowbit.train.distill import build_distiller, resolve_teacher
+from lowbit.train.guards import KeptCheckpoint, TrainingDiverged, check_checkpointable, divergence_fix, nonfinite_tensor
+from lowbit.train.resume import load_resume_state
 from lowbit.train.losses import LOSSES, LossFn, build_loss
 from lowbit.train.optim import OPTIMIZERS, build_optimizer, set_learning_rate
 from lowbit.train.schedules import SCHEDULES, make_schedule
@@ -83,14 +95,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path, epoch: int, step: int):
         super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved in {run_dir}")
         self.run_dir, self.epoch, self.step = run_dir, epoch, step
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
-
-    def __init__(self, message: str, run_dir: Path):
-        super().__init__(message)
-        self.run_dir = run_dir
 
 
 @dataclass
@@ -160,10 +164,10 @@ def check_baseline(config: TrainConfig) -> None:
 
 
 def check_config(config: TrainConfig) -> None:
-    """The checks that need no data or model: registry names, ``run.baseline``, the device."""
-    check_names(config)
-    check_baseline(config)
-    resolve_device(config.run.device)
+    """Every check that needs no data (:mod:`lowbit.train.preflight`): names, ranges, the model on ``meta``."""
+    from lowbit.train.preflight import check_config as check_without_data
+
+    check_without_data(config)
 
 
 def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
@@ -367,13 +371,7 @@ def _deterministic(enabled: bool):
 
 def _rewrite_metrics(path: Path, rows: List[Dict[str, Any]]) -> None:
     """Replace a records file by exactly ``rows`` (on resume: drop rows newer than the checkpoint)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    if rows:
-        RecordWriter(tmp).write_many(rows)
-        os.replace(tmp, path)
-    else:
-        path.unlink(missing_ok=True)
+    rewrite_records(path, rows)
 
 
 def _quantizer_schedules(model: nn.Module) -> Dict[str, Dict[str, Any]]:
@@ -423,6 +421,7 @@ def _with(config: TrainConfig, data_dir: Optional[str], device: Optional[str]) -
     return config
 
 
+@holds_run_locks
 def train(
     config: Optional[TrainConfig] = None,
     run_dir: Optional[PathLike] = None,
@@ -433,6 +432,7 @@ def train(
     device: Optional[str] = None,
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    force: bool = False,
 ) -> Path:
     """Train ``config`` (default: ``TrainConfig()``, the digits recipe); return the run directory.
 
@@ -441,32 +441,43 @@ def train(
         run_dir: where to write (created; must hold no checkpoint). Default:
             ``runs_dir/<run name>-<time>``.
         resume: a run directory to continue from its ``checkpoints/last.pt``
-            with its saved ``config.yaml``; a finished run only gets its report rebuilt.
+            with its saved ``config.yaml`` (from the start if it stopped before its
+            first checkpoint); a finished run only gets its report rebuilt. A
+            ``config.yaml`` edited since the run started is refused, naming the
+            changed keys (only ``data.data_dir`` and ``run.device`` may change).
+        force: resume even so (the run then mixes two configs).
         data_dir, device: override ``data.data_dir`` / ``run.device`` (the CLI flags).
         progress: show a tqdm bar per epoch.
         log: called with a start line and one line per epoch (the CLI passes ``tqdm.write``).
 
     Raises:
         ValueError / FileNotFoundError / KeyError: bad config, names or data, before training.
+        DirectoryInUse: another process holds the run directory.
+        StorageError: a file could not be written (disk full, read-only); resumable.
         TrainingInterrupted: SIGINT/SIGTERM; a resumable checkpoint was saved.
-        TrainingDiverged: NaN/Inf loss; the last good checkpoint was kept.
+        TrainingDiverged: NaN/Inf loss, test loss or weights; the last good (finite) checkpoint was kept.
     """
     from lowbit.train.summary import write_train_report
 
     state: Optional[Dict[str, Any]] = None
+    rank = from_environment()  # torchrun's rendezvous variables (lowbit.train.distributed); None: one process
+    main = rank is None or rank.is_main  # the one process that writes the run directory (and holds its lock)
     if resume is not None:
         if config is not None or run_dir is not None:
             raise ValueError("resume continues a run with its saved config.yaml; do not pass config or run_dir too")
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume {str(run_dir)!r}: no config.yaml there; is it a training run directory?")
-        config = load_config(TrainConfig, run_dir / "config.yaml")
-        state = load_checkpoint(checkpoint_path(run_dir))
+        if main:
+            hold_run_lock(run_dir)
+        config, state = load_resume_state(run_dir, data_dir, device, force)
     config = _with(config or TrainConfig(), data_dir, device)
+    if resume is None:
+        check_config(config)  # the checks that need no data: before any is loaded or any folder is made
+    if main:
+        check_writable(run_dir if run_dir is not None else runs_dir)  # a read-only --runs-dir: now, not after the data
     if config.distill is not None:  # a teacher glob becomes the run it names, saved so that a resume uses it
         config = dataclasses.replace(config, distill=resolve_teacher(config.distill))
-    rank = from_environment()  # torchrun's rendezvous variables (lowbit.train.distributed); None: one process
-    main = rank is None or rank.is_main  # the one process that writes the run directory
     if rank is not None:
         check_divisible(config.data.batch_size, rank.world_size)
         progress, log = (progress, log) if main else (False, None)
@@ -476,13 +487,14 @@ def train(
         if main:
             write_train_report(run_dir)
         return Path(run_dir)
+    resumed = resume is not None
     if rank is not None:
         rank.start(dev)
         try:
-            return _train(config, run_dir, state, runs_dir, dev, rank, progress, log)
+            return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed)
         finally:
             rank.stop()
-    return _train(config, run_dir, state, runs_dir, dev, rank, progress, log)
+    return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed)
 
 
 def _train(
@@ -494,6 +506,7 @@ def _train(
     rank: Optional[Distributed],
     progress: bool,
     log: Optional[Callable[[str], None]],
+    resumed: bool = False,
 ) -> Path:
     """The body of :func:`train` once the device (and, under torchrun, the process group) is up."""
     from tqdm.auto import tqdm
@@ -523,21 +536,23 @@ def _train(
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
         generators = {"data": data_gen, "augment": aug_gen}
 
-        # ---- the run directory (rank 0 makes it; the other ranks learn its name)
-        if state is None and main:
+        # ---- the run directory (rank 0 makes it and holds its lock; the other ranks learn its name)
+        if state is None and main and not resumed:
             if run_dir is None:
                 run_dir = create_run_dir(cfg.run_name, runs_dir)
+                hold_run_lock(run_dir)
             else:
-                run_dir = Path(run_dir)
+                run_dir = prepare_run_dir(run_dir)
+                hold_run_lock(run_dir)
                 if checkpoint_path(run_dir).exists():
                     raise ValueError(f"{str(run_dir)!r} already holds a checkpoint; resume it or choose another run_dir")
-                (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        if state is None and main:  # a fresh run, or a resumed one that stopped before its first checkpoint
             write_run_files(run_dir, cfg)
             _write_model_info(run_dir, setup)
             if setup.init_info is not None:
                 import yaml
 
-                (run_dir / "init_from.yaml").write_text(yaml.safe_dump({"init_from": cfg.run.init_from, **setup.init_info}))
+                atomic_write_text(run_dir / "init_from.yaml", yaml.safe_dump({"init_from": cfg.run.init_from, **setup.init_info}))
             (run_dir / METRICS_FILE).unlink(missing_ok=True)
             for name in (GRAD_STATS_FILE, GRAD_HIST_FILE, STORAGE_FILE):
                 (run_dir / name).unlink(missing_ok=True)
@@ -549,6 +564,7 @@ def _train(
             run_dir = rank.broadcast_text(str(run_dir) if main else "")
         run_dir = Path(run_dir)
         ckpt_file = checkpoint_path(run_dir)
+        kept = KeptCheckpoint(ckpt_file)
         if log is not None:
             log(
                 f"{'resuming' if state else 'run'} {run_dir}: {cfg.model.name} ({setup.num_params:,} parameters) on "
@@ -562,7 +578,8 @@ def _train(
         sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
         history: List[Dict[str, Any]] = []
         if state is not None:
-            model.load_state_dict(state["model"])
+            kept.saved(int(state["epoch"]), int(state["step"]), int(state["position"]))
+            load_model_state(model, state["model"], ckpt_file)
             optimizer.load_state_dict(state["optimizer"])
             step, start_epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
             perm = state["perm"].to(dev) if state["perm"] is not None else None
@@ -605,6 +622,12 @@ def _train(
             stats.records, stats.histograms = [], []
 
         def checkpoint(epoch: int, position: int, perm: Optional[torch.Tensor], complete: bool = False) -> None:
+            # only a finite model is saved (lowbit.train.guards): the check names the update that broke it;
+            # every rank checks (their weights are equal), so all stop together
+            check_checkpointable(model, epoch=epoch if position else epoch - 1, step=step,
+                                 batch=position or setup.steps_per_epoch, steps_per_epoch=setup.steps_per_epoch,
+                                 test_loss=None, kept=kept, run_dir=run_dir, lr=cfg.optim.lr,
+                                 grad_clip=cfg.optim.grad_clip)
             if not main:
                 return
             save_checkpoint(
@@ -627,6 +650,7 @@ def _train(
                     "distill": setup.distiller.state_dict() if setup.distiller is not None else None,
                 },
             )
+            kept.saved(epoch, step, position)
 
         interrupt_at = int(os.environ[INTERRUPT_ENV]) if os.environ.get(INTERRUPT_ENV) else None
         bf16 = cfg.run.precision == "bf16"
@@ -685,7 +709,7 @@ def _train(
                             numbers = rank.sum(numbers, dev)
                         if numbers[3]:
                             value = float("nan") if torch.isfinite(loss) else loss.item()  # finite here: another rank's
-                            raise TrainingDiverged(_divergence_message(value, epoch, i, step, cfg, ckpt_file), run_dir)
+                            raise TrainingDiverged(_divergence_message(value, epoch, i, step, cfg, kept, model), run_dir)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         if sampled:
@@ -716,6 +740,9 @@ def _train(
                     bar.close()
 
                     test_loss, test_acc = evaluate(setup, autocast, rank)
+                    check_checkpointable(model, epoch=epoch, step=step, batch=setup.steps_per_epoch,
+                                         steps_per_epoch=setup.steps_per_epoch, test_loss=test_loss, kept=kept,
+                                         run_dir=run_dir, lr=cfg.optim.lr, grad_clip=cfg.optim.grad_clip)
                     sums["seconds"] += time.perf_counter() - t0
                     record = {
                         "epoch": epoch + 1,
@@ -796,17 +823,13 @@ def _epoch_line(r: Dict[str, Any], epochs: int) -> str:
     )
 
 
-def _divergence_message(value: float, epoch: int, i: int, step: int, cfg: TrainConfig, ckpt: Path) -> str:
-    kept = f"the last good checkpoint {str(ckpt)!r} is kept" if ckpt.exists() else "no checkpoint was written yet"
-    clip = (
-        f"lower optim.grad_clip (now {cfg.optim.grad_clip})"
-        if cfg.optim.grad_clip
-        else "set optim.grad_clip (e.g. optim.grad_clip=1.0)"
-    )
+def _divergence_message(value: float, epoch: int, i: int, step: int, cfg: TrainConfig, kept: KeptCheckpoint,
+                        model: nn.Module) -> str:
+    bad = nonfinite_tensor(model.state_dict()) if step > 0 else None
+    cause = f" (the update of step {step} made {bad[0]!r} {bad[1]})" if bad is not None else ""
     return (
-        f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (batch {i + 1} of the epoch); "
-        f"stopped without saving, {kept}. Likely fix: lower the learning rate (optim.lr={cfg.optim.lr:g}; "
-        f"try {cfg.optim.lr / 10:g}), {clip}, or add warm-up (schedule.warmup_epochs=1)."
+        f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1} (batch {i + 1} of the epoch)"
+        f"{cause}; stopped without saving, {kept.describe()}. {divergence_fix(cfg.optim.lr, cfg.optim.grad_clip)}"
     )
 
 

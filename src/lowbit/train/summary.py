@@ -38,8 +38,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-import yaml
-
+from lowbit.config import read_yaml_or_empty
 from lowbit.runs import atomic_write_text, read_records
 
 PathLike = Union[str, Path]
@@ -135,10 +134,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]], label_columns: Sequence[str
 
 
 def _read_yaml(path: Path) -> Dict[str, Any]:
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text())
-    return data if isinstance(data, dict) else {}
+    return read_yaml_or_empty(path)  # bounded, safe YAML; {} when missing
 
 
 def _get(config: Mapping[str, Any], dotted: str) -> Any:
