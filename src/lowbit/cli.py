@@ -2,7 +2,9 @@
 
 Each subcommand lives in the subpackage that does the work, as a module with
 ``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up
-and turns library errors into one-line messages (exit code 2).
+and turns library errors into one-line messages (exit code 2). Before a
+command runs, the plugins of installed packages (entry points) and the modules
+of ``--import`` are imported (:mod:`lowbit.plugins`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Optional, Sequence
 import lowbit
 from lowbit.cli_args import IntermixedParser
 from lowbit.files import storage_error
+from lowbit.plugins import import_plugins, load_entry_point_plugins
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
@@ -49,19 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
             sub.set_defaults(_missing=True)
             continue
         module.add_arguments(sub)
-        _add_debug_flag(sub)
+        _add_common_flags(sub)
     return parser
 
 
-def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    """Every subcommand (and sub-subcommand) takes --debug: full tracebacks instead of one-line errors."""
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand (and sub-subcommand) takes --debug (full tracebacks) and --import MODULE (user code)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _add_debug_flag(child)
+                _add_common_flags(child)
             return
     if not any("--debug" in a.option_strings for a in parser._actions):
         parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import this Python module first (repeatable): models, quantizers and estimators it registers can be "
+        "named in the config; a run records it in its config's plugins (docs/api.md)",
+    )  # fmt: skip
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -75,6 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module = importlib.import_module(args._module)
     debug = getattr(args, "debug", False)
     try:
+        load_entry_point_plugins()  # installed plugin packages; a broken one is one line, before any work
+        import_plugins(args.imports, "--import")
         with _one_line_warnings(args.command):
             return int(module.run(args) or 0)
     except KeyboardInterrupt:

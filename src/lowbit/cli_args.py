@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -35,3 +35,16 @@ def split_config_and_overrides(config: Optional[str], overrides: List[str]) -> T
         overrides.insert(0, config)
         config = None
     return config, overrides
+
+
+def record_imports(config: Any, imports: Optional[List[str]]) -> Any:
+    """``config`` with the ``--import`` modules added to its ``plugins`` (so ``config.yaml`` records them); in place.
+
+    The modules are already imported (``lowbit.cli.main``); recording them makes
+    ``--resume``, sweep workers and the report's reproduce line import them too.
+    """
+    from lowbit.plugins import merge_plugins
+
+    if imports:
+        config.plugins = merge_plugins(config.plugins, imports)
+    return config

@@ -344,12 +344,34 @@ def load_config(
 
 
 def from_dict(cls: Type[C], data: Mapping[str, Any]) -> C:
-    """Validate ``data`` against the dataclass ``cls`` and build it; raise ConfigError listing all problems."""
+    """Validate ``data`` against the dataclass ``cls`` and build it; raise ConfigError listing all problems.
+
+    A config class with a top-level ``plugins`` field (every command's config)
+    first imports the modules it lists (:func:`lowbit.plugins.import_plugins`),
+    so that the models, quantizers and estimators they register are known
+    before anything names them: this is how a resumed run, a sweep cell in a
+    worker and ``lowbit export`` get the user's code back from ``config.yaml``.
+    """
+    _import_plugins_of(cls, data)
     errors: List[str] = []
     value = _build_dataclass(cls, data, "", errors)
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
     return value
+
+
+def _import_plugins_of(cls: Any, data: Any) -> None:
+    """Import ``data["plugins"]`` when ``cls`` has a ``plugins`` field (a list of strings; else reported later)."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(data, Mapping) and data.get("plugins")):
+        return
+    if "plugins" not in {f.name for f in dataclasses.fields(cls)}:
+        return
+    errors: List[str] = []
+    modules = _coerce(List[str], data["plugins"], "plugins", errors)
+    if not errors:  # a wrong type is reported with the config's other problems
+        from lowbit.plugins import import_plugins
+
+        import_plugins(modules, source="plugins: of the config")
 
 
 def to_dict(config: Any) -> Dict[str, Any]:

@@ -3,7 +3,9 @@
 A config string selects a component: ``get_quantizer("swish_sign", beta=5.0)``.
 Registering by decorator makes the component visible to ``list_*()`` and to the
 parametrised tests; an unknown name raises an error listing the valid names and
-the nearest match.
+the nearest match. A name a registry does not hold first loads the plugins of
+installed packages (entry points of the ``lowbit.plugins`` group, once per
+process; :mod:`lowbit.plugins`), as does listing the names.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class Registry:
         return decorator
 
     def get(self, name: str) -> Callable[..., Any]:
-        if name not in self._entries:
+        if name not in self:
             raise UnknownNameError(unknown_name_message(self.kind, name, self._entries))
         return self._entries[name]
 
@@ -67,10 +69,19 @@ class Registry:
         return self.get(name)(**params)
 
     def names(self) -> List[str]:
+        _load_entry_points()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            _load_entry_points()  # a plugin package may register it
         return name in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _load_entry_points() -> None:
+    from lowbit.plugins import load_entry_point_plugins  # same layer; once per process, then a no-op
+
+    load_entry_point_plugins()

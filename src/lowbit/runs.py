@@ -302,6 +302,21 @@ def write_run_files(run_dir: PathLike, config: Any) -> None:
     atomic_write_text(run_dir / "meta.yaml", yaml.safe_dump(environment_info(), sort_keys=False))
 
 
+def reproduce_command(words: str, config_file: PathLike, plugins: Any = ()) -> str:
+    """``lowbit WORDS --import P ... CONFIG_FILE``, shell-quoted: the line a report gives to make the run again.
+
+    ``plugins`` (the config's ``plugins``) are named as ``--import`` flags, so a
+    reader sees which of their own modules the run needs (the config file
+    imports them too).
+    """
+    import shlex
+
+    from lowbit.plugins import import_flags
+
+    modules = [p for p in plugins if isinstance(p, str)] if isinstance(plugins, (list, tuple)) else []
+    return " ".join(shlex.quote(a) for a in ["lowbit", *words.split(), *import_flags(modules), str(config_file)])
+
+
 def started_config(run_dir: PathLike) -> Optional[Dict[str, Any]]:
     """The config a run started with (None for runs made before lowbit kept it)."""
     from lowbit.config import read_yaml

@@ -15,7 +15,7 @@ import sys
 import yaml
 
 from lowbit.analysis.command import ANALYSES, load_analysis_config, run_analysis
-from lowbit.cli_args import IntermixedParser, split_config_and_overrides
+from lowbit.cli_args import IntermixedParser, record_imports, split_config_and_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--force only applies to --resume RUN_DIR (it accepts an edited config.yaml)")
     device_override = [f"device={args.device}"] if args.device else []
     config = None if args.resume else load_analysis_config(args.analysis, config_path, overrides + device_override)
+    config = None if args.resume else record_imports(config, args.imports)
     prefix = f"lowbit analyze {args.analysis}"
     log = None if args.quiet else (lambda line: print(f"{prefix}: {line}", file=sys.stderr))
     run_dir = run_analysis(

@@ -196,6 +196,8 @@ class BNSmoothnessConfig:
     lr_band: LrBandSpec = field(default_factory=LrBandSpec)
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
     device: str = "cpu"  # cpu | cuda | cuda:N: where both models train and are probed
+    # modules imported before the rest of the config is checked: user models, quantizers, estimators (docs/api.md)
+    plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
@@ -311,6 +313,8 @@ class LandscapeConfig:
     max_loss: Optional[float] = None  # clip the plotted loss at this value (diverged edges); None: no clipping
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
     device: str = "cpu"  # cpu | cuda | cuda:N: where the grid is evaluated (and a source model trained)
+    # modules imported before the rest of the config is checked: user models, quantizers, estimators (docs/api.md)
+    plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
@@ -332,6 +336,8 @@ class AttributionConfig:
     ig_baseline: Literal["black", "mean"] = "black"
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
     device: str = "cpu"  # cpu | cuda | cuda:N: where the attributions are computed (and a source model trained)
+    # modules imported before the rest of the config is checked: user models, quantizers, estimators (docs/api.md)
+    plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from lowbit.registry import nearest
@@ -378,6 +384,8 @@ class WeightsConfig:
     data_dir: Optional[str] = None
     threads: Optional[int] = None  # torch CPU threads; None: torch's default
     device: str = "cpu"  # cpu | cuda | cuda:N: where the compared models train (the pictures are drawn on the CPU)
+    # modules imported before the rest of the config is checked: user models, quantizers, estimators (docs/api.md)
+    plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         errors = _device_errors(self.device)

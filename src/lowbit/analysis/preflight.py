@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from lowbit.config import check_threads
+from lowbit.plugins import import_plugins
 from lowbit.runs import check_run_name
 
 __all__ = ["check_analysis"]
@@ -29,6 +30,7 @@ _ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotImplementedErr
 
 def check_analysis(name: str, config: Any) -> None:
     """Raise ``ValueError`` listing every problem of the analysis ``name``'s ``config`` (module docstring)."""
+    import_plugins(config.plugins, "plugins: of the config")  # a config built in Python: its modules first
     errors: List[str] = []
     _attempt(errors, "", lambda: check_run_name(config.name, "name"))
     _attempt(errors, "", lambda: check_threads(getattr(config, "threads", None), "threads"))

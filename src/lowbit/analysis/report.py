@@ -23,7 +23,7 @@ from lowbit.analysis.landscape_experiment import INTERPOLATION_FILE, LANDSCAPE_F
 from lowbit.analysis.weights import WEIGHTS_FILE
 from lowbit.report.tables import format_mean_se, format_number, group, markdown_table, mean_se
 from lowbit.config import read_yaml_or_empty
-from lowbit.runs import atomic_write_text, read_records
+from lowbit.runs import atomic_write_text, read_records, reproduce_command
 
 __all__ = [
     "SUMMARY_FILE",
@@ -66,6 +66,8 @@ def write_analysis_report(run_dir: Path) -> Path:
     (run_dir / "plots").mkdir(exist_ok=True)
     lines = [f"# Analysis: {config.get('name', run_dir.name)}", ""]
     lines += _evidence(meta, summary)
+    name = next(name for name, file in _SECTION_FILES.items() if (run_dir / file).exists())
+    lines += [f"Reproduce: `{reproduce_command(f'analyze {name}', run_dir / 'config.yaml', config.get('plugins'))}`.", ""]
     if (run_dir / PROBES_FILE).exists():
         lines += bn_sections(run_dir, config, summary)
     if (run_dir / LANDSCAPE_FILE).exists():

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from lowbit.cli_args import split_config_and_overrides
+from lowbit.cli_args import record_imports, split_config_and_overrides
 from lowbit.config import load_config
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.force and not args.resume:
         raise ValueError("--force only applies to --resume RUN_DIR (it accepts an edited config.yaml)")
     device = [f"device={args.device}"] if args.device else []
-    config = None if args.resume else load_probe_config(config_path, overrides + device)
+    config = None if args.resume else record_imports(load_probe_config(config_path, overrides + device), args.imports)
     start = time.perf_counter()
     log = lambda line: print(f"lowbit probe: {line}", file=sys.stderr)  # noqa: E731
     try:

@@ -233,6 +233,8 @@ class ProbeConfig:
     network: Optional[NetworkConfig] = None
     stats: StatsConfig = field(default_factory=StatsConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    # modules imported before the rest of the config is checked: user models, quantizers, estimators (docs/api.md)
+    plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_device_name(self.device)

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 from lowbit.devices import resolve_device
 from lowbit.estimators import get_estimator
 from lowbit.grid import axis, cartesian, select
+from lowbit.plugins import import_plugins
 from lowbit.probe.config import EstimatorSpec, ProbeConfig, act_label, expand_estimators, task_conditions
 from lowbit.probe.network import NetworkTask, probe_layers, studied_weight
 from lowbit.probe.toy import ToyTask
@@ -130,6 +131,7 @@ def prepare(config: ProbeConfig) -> List[EstimatorSpec]:
     checks the reference and comparison labels, the layers and the activation,
     and that ``probe.select`` keeps at least one unit.
     """
+    import_plugins(config.plugins, "plugins: of the config")  # a config built in Python: its modules first
     specs = expand_estimators(config.estimators)
     if config.budget is not None:
         specs = [_with_budget(spec, config.budget.radius, config.budget.norm) for spec in specs]

@@ -15,7 +15,7 @@ import yaml
 
 from lowbit.report.tables import format_mean_se, group, markdown_table, mean_se
 from lowbit.config import read_yaml_or_empty
-from lowbit.runs import atomic_write_text, read_records
+from lowbit.runs import atomic_write_text, read_records, reproduce_command
 
 # The x axis of the ΔL–lr curves, by measure.normalize.
 LR_AXIS = {
@@ -67,6 +67,7 @@ def write_probe_report(run_dir: Path) -> Path:
     xlabel = LR_AXIS.get((config.get("measure") or {}).get("normalize", "global"), LR_AXIS["global"])
     lines: List[str] = [f"# Gradient probe: {config.get('name', run_dir.name)}", ""]
     lines += _network_evidence(config, meta, records, run_dir) if network else _evidence(config, meta, records, run_dir)
+    lines += [f"Reproduce: `{reproduce_command('probe', run_dir / 'config.yaml', config.get('plugins'))}`.", ""]
     conditions = group(records, lambda r: tuple((k, r.get(k)) for k in sweep_keys))
     differences = {c: [r for r in rows if r["metric"] == "normalized_difference"] for c, rows in conditions.items()}
     difference_plot = _plot_differences(differences, run_dir / "plots" / "normalized_difference.png", colours)

@@ -4,7 +4,8 @@ A cell's config is exactly what ``lowbit <command> BASE key=value ...`` would
 run: the base config's data, then the spec's ``overrides``, then the cell's own
 settings (its grid, zip and seed values; for a split probe its
 ``probe.select``), merged the way command-line overrides merge
-(:func:`lowbit.config.deep_merge`). ``expand_cells`` builds and checks every
+(:func:`lowbit.config.deep_merge`); the spec's ``plugins`` join the config's,
+so the worker that builds the cell imports them first. ``expand_cells`` builds and checks every
 cell before any runs; all problems of all cells are reported together, each
 naming its cells and the key.
 """
@@ -18,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from lowbit.config import deep_merge, format_override, parse_overrides, set_dotted, to_dict
 from lowbit.grid import axis, cartesian, zipped
+from lowbit.plugins import import_flags, merge_plugins
 from lowbit.registry import nearest
 from lowbit.sweep.commands import CommandAdapter
 from lowbit.sweep.spec import PROBE_AXES, SweepSpec
@@ -63,6 +65,8 @@ class Cell:
 def expand_cells(spec: SweepSpec, adapter: CommandAdapter, base_data: Dict[str, Any]) -> List[Cell]:
     """Every cell of ``spec``, resolved and checked; ``SweepConfigError`` lists every bad cell."""
     common = deep_merge(base_data, common_overrides(spec.overrides))
+    if spec.plugins and isinstance(common.get("plugins", []), list):  # (another type: the cell's config says so)
+        common["plugins"] = merge_plugins(common.get("plugins", []), spec.plugins)  # workers import them first
     seed_key = spec.seed_key or adapter.seed_key
     if spec.seeds is not None and seed_key is None:
         raise SweepConfigError(
@@ -132,7 +136,7 @@ def split_probe(config: Any, split: Sequence[str]) -> List[Dict[str, List[Any]]]
 
 def reproduce_command(words: str, base_file: Optional[str], cell: Cell, common: Any) -> str:
     """The ``lowbit ...`` line that makes this cell's run by hand."""
-    args = ["lowbit", *words.split()]
+    args = ["lowbit", *words.split(), *import_flags(getattr(cell.config, "plugins", None) or [])]
     if base_file:
         args.append(base_file)
     if isinstance(common, dict):

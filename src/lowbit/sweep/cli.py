@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lowbit.cli_args import record_imports
     from lowbit.config import find_config
     from lowbit.sweep.driver import SweepInterrupted, load_sweep_spec, plan_sweep, run_sweep
     from lowbit.sweep.state import FAILED, read_cells
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.spec:
             raise ValueError("give a sweep spec (configs/sweep-*.yaml) or --resume SWEEP_DIR")
         spec_path = find_config(args.spec, ("sweep-",))
-        spec = load_sweep_spec(spec_path, args.overrides)
+        spec = record_imports(load_sweep_spec(spec_path, args.overrides), args.imports)
         if args.dry_run:
             _, base_file, _, cells = plan_sweep(spec, spec_path.parent)
             print(f"{len(cells)} cells of `lowbit {spec.command}` on {base_file or 'the built-in default'}, all valid:")

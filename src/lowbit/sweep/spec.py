@@ -113,6 +113,9 @@ class SweepSpec:
     table: Optional[TableSpec] = None  # one table (same as a one-item tables list)
     tables: List[TableSpec] = field(default_factory=list)
     curves: List[str] = field(default_factory=lambda: ["train_loss", "test_loss", "test_acc", "lr"])  # train overlays
+    # modules imported before the spec and every cell are checked, and by every worker before it builds its cell
+    # (added to each cell's plugins): user models, quantizers, estimators (docs/api.md)
+    plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         errors: List[str] = []

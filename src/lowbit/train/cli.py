@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from lowbit.cli_args import split_config_and_overrides
+from lowbit.cli_args import record_imports, split_config_and_overrides
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             if args.force:
                 raise ValueError("--force only applies to --resume RUN_DIR (it accepts an edited config.yaml)")
-            config = load_train_config(config_path, overrides)
+            config = record_imports(load_train_config(config_path, overrides), args.imports)
             run_dir = train(config, runs_dir=args.runs_dir, **common)
     except TrainingInterrupted as stop:
         if not main:

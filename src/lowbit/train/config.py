@@ -327,6 +327,8 @@ class TrainConfig:
     # distillation from a frozen teacher: KD, ReActNet's distributional loss, attention transfer, Real-to-Binary's
     # two stages (lowbit.train.distill; docs/training.md); None: no teacher
     distill: Optional[DistillConfig] = None
+    # modules imported before the rest of the config is checked: user models, quantizers, estimators (docs/api.md)
+    plugins: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # options that only make sense together, reported together

@@ -26,6 +26,7 @@ from typing import Callable, List, Optional
 import torch
 
 from lowbit.config import check_threads
+from lowbit.plugins import import_plugins
 from lowbit.runs import check_run_name
 from lowbit.train.config import TrainConfig
 from lowbit.train.guards import nonfinite_tensor
@@ -93,6 +94,7 @@ def check_config(config: TrainConfig) -> None:
     """Raise ``ValueError`` listing every problem of ``config`` that shows without data (module docstring)."""
     from lowbit.train.loop import check_baseline, check_names, resolve_device
 
+    import_plugins(config.plugins, "plugins: of the config")  # a config built in Python: its modules first
     errors: List[str] = []
 
     def attempt(what: str, check: Callable[[], object]) -> object:
