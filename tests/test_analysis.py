@@ -31,6 +31,7 @@ from lowbit.analysis import (
     step_sizes,
     weight_stats,
 )
+from lowbit.analysis.command import ANALYSES
 from lowbit.config import ConfigError, load_config
 
 
@@ -370,6 +371,31 @@ def test_cli_accepts_overrides_after_the_options():
     assert args.overrides == ["grid.resolution=3", "eval.bn=batch"] and args.runs_dir == "x" and args.quiet
 
 
+@pytest.mark.parametrize("name", list(ANALYSES))
+def test_the_help_example_of_each_analysis_is_valid_for_it(name):
+    """The ``e.g.`` of ``lowbit analyze NAME --help``, as a command line, parses and passes the analysis' checks."""
+    import argparse
+
+    from lowbit.analysis.command import load_analysis_config
+    from lowbit.analysis.preflight import check_analysis
+    from lowbit.cli import build_parser
+    from lowbit.cli_args import split_config_and_overrides
+
+    parser = build_parser()
+    analyze = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["analyze"]
+    sub = next(a for a in analyze._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    help_text = next(a.help for a in sub._actions if a.dest == "overrides")
+    example = help_text.split("e.g. ", 1)[1].split()
+    assert example and all("=" in word for word in example)
+    args = parser.parse_args(["analyze", name, *example])
+    config_path, overrides = split_config_and_overrides(args.config, args.overrides)  # as the command does
+    assert config_path is None and overrides == example
+    config = load_analysis_config(name, config_path, overrides)  # unknown keys, wrong types: ConfigError
+    check_analysis(name, config)
+    default = load_analysis_config(name)
+    assert config != default  # each override reached the config
+
+
 def test_cli_bn_smoothness_end_to_end(tmp_path):
     from lowbit.cli import main
     from lowbit.runs import read_records
@@ -391,6 +417,14 @@ def test_cli_bn_smoothness_end_to_end(tmp_path):
     assert "effective β-smoothness" in report or "β" in report
     for name in ("bn_probes.png", "bn_training.png", "bn_lr_band.png"):
         assert (run_dir / "plots" / name).stat().st_size > 0
+    assert f"Reproduce: `lowbit analyze bn-smoothness {run_dir / 'config.yaml'}`" in report
+
+    # `lowbit report` rebuilds an analysis run's report and plots from its records (docs/analysis.md)
+    (run_dir / "report.md").unlink()
+    (run_dir / "plots" / "bn_probes.png").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text() == report
+    assert (run_dir / "plots" / "bn_probes.png").stat().st_size > 0
 
 
 @pytest.fixture(scope="module")

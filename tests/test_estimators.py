@@ -412,3 +412,85 @@ def test_generator_determinism_and_difference():
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert math.isfinite(norm_of(c))
+
+
+# --- your own nn.Module: what ModuleObjective refuses and when a surrogate warns (docs/api.md) ------------
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)).double()
+
+
+def test_module_objective_refuses_train_mode_batchnorm_as_graph_objective_does():
+    from lowbit.estimators import GraphObjective, use_batch_statistics
+
+    model = _bn_model()
+    batch = (torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 2, (32,)))
+    with pytest.raises(ValueError) as module_error:
+        ModuleObjective(model, batch, loss_fn=F.cross_entropy)
+    with pytest.raises(ValueError) as graph_error:
+        GraphObjective(model, batch, loss_fn=F.cross_entropy)
+    message = str(module_error.value)
+    assert message == str(graph_error.value)
+    assert "['1']" in message and "training mode" in message and "use_batch_statistics" in message and "eval()" in message
+
+    # why: in training mode one evaluation of the loss moves the running statistics
+    before = model[1].running_mean.clone()
+    torch.func.functional_call(model, dict(model.named_parameters()) | dict(model.named_buffers()), (batch[0],))
+    assert not torch.equal(model[1].running_mean, before)
+
+    # both ways out leave the module untouched by any number of evaluations
+    frozen = _bn_model().eval()
+    stats = frozen[1].running_mean.clone()
+    objective = ModuleObjective(frozen, batch, loss_fn=F.cross_entropy)
+    objective.losses({name: p.unsqueeze(0).repeat(3, *[1] * p.dim()) for name, p in objective.params.items()})
+    assert torch.equal(frozen[1].running_mean, stats)
+    ModuleObjective(use_batch_statistics(_bn_model()), batch, loss_fn=F.cross_entropy).loss()  # train mode, no buffers
+
+
+class _MySign(nn.Module):
+    """A user's sign module: forward sign(x) (sign(0) = +1), no gradient of its own (d sign/dx = 0)."""
+
+    def forward(self, x):
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _sign_net(sign: nn.Module):
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(3, 4, bias=False), sign, nn.Linear(4, 1, bias=False)).double()
+
+
+def test_a_surrogate_that_finds_no_sign_activation_warns_once_and_changes_nothing():
+    from lowbit.estimators import SurrogateUnusedWarning, ste_gradient
+
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    objective = ModuleObjective(_sign_net(_MySign()), (x, y))
+    with pytest.warns(SurrogateUnusedWarning, match="forward_is_sign = True") as caught:
+        g = ste_gradient(objective, "ste_clipped")
+        ste_gradient(objective, "ste_clipped")
+    assert len(caught) == 1  # once per objective
+    assert torch.equal(g["0.weight"], torch.zeros_like(g["0.weight"]))  # the module's own (zero) sign derivative
+
+
+def test_forward_is_sign_on_a_users_module_gets_the_surrogate_backward():
+    """With ``forward_is_sign = True`` the surrogate applies, and matches the chain rule written out by hand."""
+    import warnings
+
+    from lowbit.estimators import ste_gradient
+
+    class MarkedSign(_MySign):
+        forward_is_sign = True
+
+    model = _sign_net(MarkedSign())
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no SurrogateUnusedWarning
+        g = ste_gradient(ModuleObjective(model, (x, y)), "ste_clipped")["0.weight"]
+    # by hand: L = mean((W2 sign(W1 x) - y)^2); with d sign(z)/dz := 1{|z| <= 1}
+    W1, W2 = model[0].weight.detach(), model[2].weight.detach()
+    z = x @ W1.T  # (16, 4)
+    residual = 2 * (torch.where(z >= 0, 1.0, -1.0).double() @ W2.T - y) / len(y)  # (16, 1)
+    expected = ((residual @ W2) * (z.abs() <= 1).double()).T @ x  # (4, 3)
+    torch.testing.assert_close(g, expected)
+    assert g.abs().sum() > 0

@@ -265,6 +265,17 @@ def test_ray_workers_import_the_plugins_before_building_the_cell(plugin_dir, tmp
         assert [c["status"] for c in csv.DictReader(handle)] == ["done", "done"]
 
 
+@pytest.mark.slow
+def test_analyze_trains_and_pictures_a_plugin_model_and_records_the_plugin(plugin_dir, tmp_path):
+    recipe = "[" + ", ".join(TINY_TRAIN + ["run.epochs=1"]) + "]"
+    done = lowbit(["analyze", "weights", "--import", PLUGIN, f"train={{plug: {recipe}}}", "layers=[fc1]",
+                   "--runs-dir", "runs", "--quiet"], plugin_dir, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run_dir / "train-plug" / "config.yaml").read_text())["plugins"] == [PLUGIN]
+    assert f"Reproduce: `lowbit analyze weights --import {PLUGIN} runs/{run_dir.name}/config.yaml`" in (run_dir / "report.md").read_text()
+
+
 # ---------------------------------------------------------------- entry points of an installed distribution
 
 

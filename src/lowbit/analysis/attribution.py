@@ -124,7 +124,8 @@ def run_attribution(
     from lowbit.runs import atomic_torch_save
 
     run_dir = Path(run_dir)
-    trained = obtain_model(config.source, run_dir, data_dir=data_dir, progress=progress, log=log, device=config.device)
+    trained = obtain_model(config.source, run_dir, data_dir=data_dir, progress=progress, log=log, device=config.device,
+                           plugins=config.plugins)  # fmt: skip
     start = time.perf_counter()
     model = trained.model.eval()
     x, labels = trained.images(config.split, indices=config.indices)  # (N, C, H, W), (N,)

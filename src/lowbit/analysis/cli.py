@@ -18,12 +18,21 @@ from lowbit.analysis.command import ANALYSES, load_analysis_config, run_analysis
 from lowbit.cli_args import IntermixedParser, record_imports, split_config_and_overrides
 
 
+# A valid set of overrides of each analysis, shown in its --help (tests/test_analysis.py runs each through its config)
+OVERRIDE_EXAMPLES = {
+    "bn-smoothness": "train.steps=100 probe.every=5",
+    "landscape": "grid.resolution=11 eval.num_images=256 directions.seed=1",
+    "attribution": "indices=[0,5] methods=[saliency,integrated_gradients] ig_steps=20",
+    "weights": "layers=[conv1,fc1] absolute=false",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True, parser_class=IntermixedParser)
     for name, (_, _, help_text) in ANALYSES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("config", nargs="?", help=f"YAML config (configs/analyze-*.yaml); default: the built-in quick {name} recipe on digits")
-        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 probe.every=5")
+        p.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {OVERRIDE_EXAMPLES[name]}")
         p.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
         p.add_argument("--resume", metavar="RUN_DIR", default=None,
                        help="run a stopped analysis again into its own folder, from its config.yaml (it starts over)")

@@ -60,7 +60,8 @@ def run_landscape(
 
     run_dir = Path(run_dir)
     data_dir = data_dir or config.source.data_dir  # the command line's --data-dir wins over the config
-    trained = obtain_model(config.source, run_dir, data_dir=data_dir, progress=progress, log=log, device=config.device)
+    trained = obtain_model(config.source, run_dir, data_dir=data_dir, progress=progress, log=log, device=config.device,
+                           plugins=config.plugins)  # fmt: skip
     e = config.eval
     images, labels = trained.images(e.split, limit=e.num_images)  # (N, C, H, W), (N,)
     bn_images = trained.images("train", limit=e.bn_batches * e.batch_size)[0] if e.bn == "recompute" else None

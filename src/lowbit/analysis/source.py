@@ -109,15 +109,20 @@ def quick_train(
     device: Optional[str] = None,
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    plugins: Sequence[str] = (),
 ) -> Path:
     """Train ``train_config`` (a YAML; default ``TrainConfig()``) + ``overrides`` into ``run_dir``; return its checkpoint.
 
-    ``device`` (if given) replaces the recipe's ``run.device``.
+    ``device`` (if given) replaces the recipe's ``run.device``. ``plugins`` (the
+    analysis' own) join the training run's, so its ``config.yaml`` rebuilds the
+    model on its own (a later ``source.checkpoint`` of it, ``lowbit export``).
     """
     from lowbit.config import load_config
+    from lowbit.plugins import merge_plugins
     from lowbit.train import TrainConfig, train
 
     config = load_config(TrainConfig, train_config, list(overrides))
+    config.plugins = merge_plugins(config.plugins, plugins)
     out = train(config, run_dir=run_dir, data_dir=data_dir, device=device, progress=progress, log=log)
     return resolve_checkpoint(out)
 
@@ -131,8 +136,12 @@ def obtain_model(
     log: Optional[Callable[[str], None]] = None,
     subdir: str = "source-train",
     device: str = "cpu",
+    plugins: Sequence[str] = (),
 ) -> TrainedModel:
-    """The model of ``source`` (a :class:`~lowbit.analysis.config.SourceSpec`) on ``device``, training one if needed."""
+    """The model of ``source`` (a :class:`~lowbit.analysis.config.SourceSpec`) on ``device``, training one if needed.
+
+    ``plugins``: the analysis' modules, recorded in a model trained here (:func:`quick_train`).
+    """
     data_dir = data_dir or source.data_dir  # the command line's --data-dir wins over the config
     checkpoint = source.checkpoint
     if checkpoint is None:
@@ -143,7 +152,7 @@ def obtain_model(
             )
         checkpoint = quick_train(
             source.train_overrides, Path(run_dir) / subdir, train_config=source.train_config,
-            data_dir=data_dir, device=device, progress=progress, log=log,
+            data_dir=data_dir, device=device, progress=progress, log=log, plugins=plugins,
         )  # fmt: skip
     return load_trained(checkpoint, data_dir, device)
 

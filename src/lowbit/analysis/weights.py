@@ -90,7 +90,7 @@ def run_weights(
         }
     models = {
         label: obtain_model(src, run_dir, data_dir=data_dir, progress=progress, log=log, subdir=f"train-{label}",
-                            device=config.device)
+                            device=config.device, plugins=config.plugins)
         for label, src in sources.items()
     }
     start = time.perf_counter()

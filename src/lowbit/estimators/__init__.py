@@ -57,6 +57,8 @@ from lowbit.estimators.graph_objective import GraphObjective, use_batch_statisti
 from lowbit.estimators.objective import (
     ModuleObjective,
     Objective,
+    SurrogateUnusedWarning,
+    check_no_training_batchnorm,
     generic_coordinate_deltas,
     generic_line_losses,
     resolve_surrogate,
@@ -88,6 +90,8 @@ __all__ = [
     "ModuleObjective",
     "MultiStepSTE",
     "Objective",
+    "SurrogateUnusedWarning",
+    "check_no_training_batchnorm",
     "evaluate_members",
     "fitness_weights",
     "flatten",

@@ -106,17 +106,7 @@ class GraphObjective(ModuleObjective):
         chunk: Optional[int] = None,
         prune_unchanged: bool = True,
     ) -> None:
-        training_bn = [
-            name
-            for name, m in module.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.running_mean is not None
-        ]
-        if training_bn:
-            raise ValueError(
-                f"BatchNorm layers {training_bn[:3]}{'...' if len(training_bn) > 3 else ''} are in training mode with "
-                "running statistics, so every loss evaluation would update them; call "
-                "lowbit.estimators.use_batch_statistics(module) (batch statistics, no buffers) or module.eval() first"
-            )
+        # ModuleObjective refuses BatchNorm in training mode with running statistics (each loss would update them)
         super().__init__(module, batch, loss_fn=loss_fn, params=params, activations=activations, chunk=chunk)
         self.prune_unchanged = prune_unchanged
         self.fallback_reason: Optional[str] = None

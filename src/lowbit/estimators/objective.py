@@ -12,7 +12,9 @@ answers four questions:
   activations (``Quantizer.forward_is_sign``) can take a surrogate; a model
   with other quantized activations raises ValueError; a model without any
   quantized activation has nothing to replace and the surrogate has no effect
-  (the full-precision control, where every STE is the true gradient).
+  (the full-precision control, where every STE is the true gradient): it
+  warns (:class:`SurrogateUnusedWarning`), since a sign module of the user's
+  own that does not set ``forward_is_sign = True`` lands here too.
 - ``losses(stacked)``: L for many parameter sets at once; ``stacked[name]`` has
   shape (pop, *param.shape); returns (pop,) float64.
 - ``line_losses(direction, lrs)``: L(w − lr·d) for every lr, (n_lr,) float64.
@@ -29,11 +31,15 @@ The base class implements the last three generically on top of ``losses``
 (chunked); subclasses with structure (the teacher–student toy) override them
 with exact fast paths. :class:`ModuleObjective` builds an Objective from any
 ``nn.Module`` with ``torch.func.functional_call`` (+ ``vmap`` for ``losses``).
+It refuses a module whose BatchNorm layers are in training mode with running
+statistics: every evaluation would update those statistics, so the module
+would change under the estimator (docs/api.md).
 """
 
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -283,6 +289,25 @@ def resolve_surrogate(spec: SurrogateSpec, **params: Any) -> Optional[Callable[[
     raise ValueError(f"surrogate must be None, a name, a dict, a module or a callable, got {spec!r}")
 
 
+class SurrogateUnusedWarning(UserWarning):
+    """A surrogate was asked for on a model with no sign activation: it changes nothing."""
+
+
+def check_no_training_batchnorm(module: nn.Module) -> None:
+    """Refuse ``module`` if a BatchNorm is in training mode with running statistics (each loss would update them)."""
+    training_bn = [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.running_mean is not None
+    ]
+    if training_bn:
+        raise ValueError(
+            f"BatchNorm layers {training_bn[:3]}{'...' if len(training_bn) > 3 else ''} are in training mode with "
+            "running statistics, so every loss evaluation would update them; call "
+            "lowbit.estimators.use_batch_statistics(module) (batch statistics, no buffers) or module.eval() first"
+        )
+
+
 def is_sign_activation(module: Any) -> bool:
     """True for a quantizer whose forward is exactly sign(x) with sign(0) = +1."""
     return bool(getattr(module, "forward_is_sign", False))
@@ -336,6 +361,7 @@ class ModuleObjective(Objective):
     ) -> None:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
+        check_no_training_batchnorm(module)
         self.module = module
         inputs, self.targets = batch
         self.inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
@@ -363,6 +389,7 @@ class ModuleObjective(Objective):
         ]
         self.chunk = chunk
         self._vmap_ok: Optional[bool] = None
+        self._warned_unused = False  # SurrogateUnusedWarning once per objective
 
     def _state(self, params: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {**self.fixed, **params}
@@ -377,6 +404,15 @@ class ModuleObjective(Objective):
             raise ValueError(
                 "a surrogate replaces the backward of sign activations only; this model's quantizers "
                 f"{self._other_quantizers} are not sign-family (pass surrogate=None)"
+            )
+        if not self.activations and not self._warned_unused:
+            self._warned_unused = True
+            warnings.warn(
+                f"the surrogate {_describe(surrogate)} replaces nothing: {type(self.module).__name__} has no sign "
+                "activation (no submodule with forward_is_sign = True), so this is the model's own gradient. "
+                "A sign module of your own takes surrogates once its class sets forward_is_sign = True (docs/api.md)",
+                SurrogateUnusedWarning,
+                stacklevel=2,
             )
         submodules = dict(self.module.named_modules())
         handles = [
@@ -418,6 +454,14 @@ class ModuleObjective(Objective):
         return torch.tensor([float(self.loss({k: v[i] for k, v in part.items()})) for i in range(n)], dtype=torch.float64)
 
 
+def _describe(surrogate: SurrogateSpec) -> str:
+    if isinstance(surrogate, str):
+        return repr(surrogate)
+    if isinstance(surrogate, Mapping):
+        return repr(surrogate.get("name"))
+    return type(surrogate).__name__
+
+
 def _is_quantizer(module: nn.Module) -> bool:
     try:
         from lowbit.quant import Quantizer
@@ -441,7 +485,9 @@ __all__ = [
     "GENERIC_CHUNK_NUMBERS",
     "ModuleObjective",
     "Objective",
+    "SurrogateUnusedWarning",
     "as_lr_tensor",
+    "check_no_training_batchnorm",
     "checked_direction",
     "generic_coordinate_deltas",
     "generic_line_losses",
