@@ -330,3 +330,24 @@ def test_a_broken_entry_point_is_one_line_naming_it(plugin_dir, tmp_path, monkey
     assert len(err.splitlines()) == 1
     assert "entry point broken = broken_plugin of broken-dist 0.1" in err and "RuntimeError: the plugin is broken" in err
     assert plugins.DISABLE_ENV in err  # how to run anyway
+
+
+# ---------------------------------------------------------------- runs made before `plugins` existed
+
+
+def test_a_run_saved_without_plugins_resumes_and_a_changed_plugins_list_is_refused(tmp_path):
+    from lowbit.config import from_dict, to_dict
+    from lowbit.probe import ProbeConfig
+    from lowbit.runs import check_resume_config
+    from lowbit.sweep.commands import ProbeAdapter
+
+    config = from_dict(ProbeConfig, TINY_PROBE | {"task": {"batch_size": 256}, "estimators": [{"name": "cdg"}]})
+    older = {k: v for k, v in to_dict(config).items() if k != "plugins"}  # a config.yaml from before the key
+    check_resume_config(tmp_path, config, older, "probe")  # no "plugins (unset -> [])"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(older))
+    assert ProbeAdapter().same_config(tmp_path, config)  # a sweep cell of such a run resumes, not restarts
+
+    with pytest.raises(ValueError, match=r"plugins \(\['my_plugin'\] -> \[\]\)"):
+        check_resume_config(tmp_path, config, older | {"plugins": ["my_plugin"]}, "probe")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(older | {"plugins": ["my_plugin"]}))
+    assert not ProbeAdapter().same_config(tmp_path, config)

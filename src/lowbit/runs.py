@@ -341,6 +341,26 @@ def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any], prefix: st
 _MISSING = object()
 
 
+def config_changes(saved: Mapping[str, Any], config: Any) -> List[str]:
+    """The dotted keys of ``config`` (a config dataclass, or its dict) whose values differ from ``saved``.
+
+    A key ``saved`` lacks and ``config`` holds at its class default is no
+    change: lowbit added it after the run was made (e.g. ``plugins``), and the
+    run was made with what that default means.
+    """
+    import dataclasses
+
+    now = to_dict(config) if not isinstance(config, Mapping) else dict(config)
+    changed = changed_keys(dict(saved), now)
+    if not dataclasses.is_dataclass(config):
+        return changed
+    defaults = to_dict(type(config)())
+    return [
+        k for k in changed
+        if not (get_dotted(saved, k, _MISSING) is _MISSING and get_dotted(now, k, _MISSING) == get_dotted(defaults, k, _MISSING))
+    ]  # fmt: skip
+
+
 def check_resume_config(
     run_dir: PathLike,
     config: Any,
@@ -358,9 +378,7 @@ def check_resume_config(
     if started is None or force:
         return
     now = to_dict(config) if not isinstance(config, Mapping) else dict(config)
-    changed = [
-        k for k in changed_keys(dict(started), now) if not any(k == c or k.startswith(c + ".") for c in changeable)
-    ]
+    changed = [k for k in config_changes(started, config) if not any(k == c or k.startswith(c + ".") for c in changeable)]
     if changed:
         shown = ", ".join(f"{k} ({_show(get_dotted(started, k, _MISSING))} -> {_show(get_dotted(now, k, _MISSING))})" for k in changed[:8])
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""

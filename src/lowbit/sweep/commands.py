@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from lowbit.config import from_dict, read_yaml, to_dict
 from lowbit.registry import UnknownNameError, unknown_name_message
-from lowbit.runs import clear_run_dir
+from lowbit.runs import clear_run_dir, config_changes
 
 Log = Optional[Callable[[str], None]]
 
@@ -48,7 +48,7 @@ class CommandAdapter:
     def same_config(self, run_dir: Path, config: Any) -> bool:
         """Whether ``run_dir`` holds this very config (so resuming it continues this cell)."""
         path = run_dir / "config.yaml"
-        return path.is_file() and read_yaml(path) == to_dict(config)
+        return path.is_file() and not config_changes(read_yaml(path), config)
 
 
 class TrainAdapter(CommandAdapter):
