@@ -223,7 +223,7 @@ def test_the_reproduce_line_of_a_plugin_run_makes_the_same_run(plugin_dir, tmp_p
 # ---------------------------------------------------------------- probe and sweep: plugins: in the config
 
 
-def test_sweep_workers_import_the_plugins_and_a_cell_resumes_without_them(plugin_dir, tmp_path):
+def test_sweep_workers_import_the_plugins_before_building_their_cells(plugin_dir, tmp_path):
     """``plugins:`` in the base config plus ``--import`` on the sweep: each worker process imports both."""
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump({**TINY_PROBE, "plugins": [PLUGIN]}))
     spec = tmp_path / "sweep.yaml"
@@ -239,15 +239,23 @@ def test_sweep_workers_import_the_plugins_and_a_cell_resumes_without_them(plugin
     assert all(c["reproduce"].startswith(f"lowbit probe --import {PLUGIN} --import {extra} probe.yaml") for c in cells)
     cell_dir = sweep_dir / cells[1]["run_dir"]
     assert yaml.safe_load((cell_dir / "config.yaml").read_text())["plugins"] == [PLUGIN, extra]
-    records = (cell_dir / "records.csv").read_bytes()
     labels = {r["estimator"] for r in read_records(cell_dir / "records.csv", text_columns=("unit", "estimator", "layer"))}
     assert {"plug_signed_ste(surrogate=plug_tri_sign)", "ste(surrogate=plug_tri_sign)"} <= labels, labels
     assert f"Reproduce: `lowbit probe --import {PLUGIN} --import {extra} {cell_dir / 'config.yaml'}`" in (cell_dir / "report.md").read_text()
 
-    # a probe run made by the sweep, resumed by hand with no --import: its config.yaml imports both modules
-    resumed = lowbit(["probe", "--resume", str(cell_dir), "--quiet"], plugin_dir, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_a_probe_with_plugins_in_its_config_resumes_without_an_import(plugin_dir, tmp_path):
+    config = tmp_path / "probe.yaml"
+    config.write_text(yaml.safe_dump({**TINY_PROBE, "plugins": [PLUGIN]}))
+    first = lowbit(["probe", str(config), "--runs-dir", "runs", "--quiet"], plugin_dir, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    records = (run_dir / "records.csv").read_bytes()
+    resumed = lowbit(["probe", "--resume", str(run_dir), "--quiet"], plugin_dir, cwd=tmp_path)  # config.yaml imports it
     assert resumed.returncode == 0, resumed.stderr
-    assert (cell_dir / "records.csv").read_bytes() == records  # complete: nothing recomputed
+    assert (run_dir / "records.csv").read_bytes() == records  # complete: nothing recomputed
 
 
 @pytest.mark.slow
