@@ -32,13 +32,17 @@ _TEXT_COLUMNS = ("unit", "estimator", "layer", "probed_layer")
 def check_trackers(config: Any) -> List[str]:
     """The config's ``trackers``, checked (unknown name, missing package: one-line error before any compute)."""
     usable, _ = resolve_trackers(list(config.trackers), required=True, key="trackers")
+    if "mlflow" in usable:
+        from lowbit.tracking.mlflow_backend import check_store
+
+        check_store(config.mlflow, "mlflow")
     return usable
 
 
 def open_probe_trackers(config: Any, run_dir: Path, resumed: bool) -> Trackers:
     """The probe's trackers, opened, with its flat config as parameters."""
     context = TrackingContext(run_dir, "probe", resumed=resumed, mlflow=config.mlflow, settings_key="mlflow")
-    trackers = open_trackers(check_trackers(config), context)
+    trackers = open_trackers(resolve_trackers(list(config.trackers), required=True, key="trackers")[0], context)
     flat = flatten_dotted(to_dict(config))
     trackers.log_params({k: v for k, v in flat.items() if not any(k == b or k.startswith(b + ".") for b in _BOOKKEEPING)})
     return trackers

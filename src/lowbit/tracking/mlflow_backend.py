@@ -131,6 +131,17 @@ class MLflowTracker:
         atomic_write_text(self.run_dir / RUN_FILE, yaml.safe_dump(info, sort_keys=False))
 
 
+def check_store(settings: Any, key: str = "run.mlflow") -> None:
+    """Open the tracking store of ``settings`` (an :class:`MLflowConfig`) once, before any work: a store MLflow
+    refuses (the ``file:`` store of MLflow 3, sqlite without SQLAlchemy, a bad URI) is a one-line error here."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=settings.tracking_uri).search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - one line naming the store and the fix
+        raise ValueError(_open_error(settings.tracking_uri, error, key)) from error
+
+
 def _env(name: str) -> Optional[str]:
     import os
 
@@ -138,12 +149,13 @@ def _env(name: str) -> Optional[str]:
 
 
 def _open_error(uri: Optional[str], error: Exception, key: str) -> str:
-    shown = uri if uri is not None else _env("MLFLOW_TRACKING_URI") or "MLflow's default store"
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if len(first) > 300:
-        first = first[:300] + "..."
+    shown = str(uri if uri is not None else _env("MLFLOW_TRACKING_URI") or "MLflow's default store")
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = text.split(". ")[0][:200]  # MLflow's messages run to several sentences and links
     hint = (f"set {key}.tracking_uri to a local sqlite:////ABSOLUTE/PATH/mlflow.db (no server needed) or an "
             "http(s):// tracking server")
-    if str(shown).startswith("sqlite") and importlib.util.find_spec("sqlalchemy") is None:
+    if shown.startswith("sqlite") and importlib.util.find_spec("sqlalchemy") is None:
         hint = "a sqlite store needs SQLAlchemy and Alembic: pip install 'lowbit[mlflow]'"
+    elif shown.startswith("file:") or "://" not in shown:
+        hint += " (or set MLFLOW_ALLOW_FILE_STORE=true to keep using MLflow's deprecated file store)"
     return f"mlflow tracker: cannot open the tracking store {shown!r} ({type(error).__name__}: {first}); {hint}"

@@ -276,7 +276,7 @@ class RunConfig:
     init_from: Optional[str] = None  # checkpoint (e.g. RUN_DIR/checkpoints/last.pt) whose matching weights start the model
     summary_last_n: int = 10  # epochs averaged in the summary table ("mean of the last 10 epochs", notes 2021-04-30)
     tensorboard: bool = True  # TensorBoard events in RUN_DIR/tensorboard/ when torch.utils.tensorboard imports
-    # (else skipped with a note); ignored when run.trackers is set
+    # (else skipped with a note); ignored when run.trackers is set (the list says everything)
     # experiment trackers (lowbit.tracking): tensorboard | mlflow (the lowbit[mlflow] extra) | any registered name.
     # None: [tensorboard] if run.tensorboard, else none. A tracker named here whose package is missing is an error
     # before the run starts. Only rank 0 of a torchrun job logs
@@ -309,8 +309,6 @@ class RunConfig:
             errors.append(f"run.summary_last_n must be >= 1, got {self.summary_last_n}")
         if self.log_every < 0:
             errors.append(f"run.log_every must be >= 0 (0: no per-step points), got {self.log_every}")
-        if self.trackers is not None and "tensorboard" in self.trackers and not self.tensorboard:
-            errors.append(f"run.tensorboard=false but run.trackers={self.trackers} names tensorboard; drop one of the two")
         if self.grad_stats_every is not None and self.grad_stats_every < 0:
             errors.append(f"run.grad_stats_every must be >= 0 (0: off) or null (auto), got {self.grad_stats_every}")
         _check(not errors, "; ".join(errors))

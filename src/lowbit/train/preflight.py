@@ -122,7 +122,11 @@ def _check_trackers(config: TrainConfig) -> None:
     from lowbit.tracking import resolve_trackers
 
     names, explicit = config.run.requested_trackers()
-    resolve_trackers(names, required=explicit)
+    usable, _ = resolve_trackers(names, required=explicit)
+    if "mlflow" in usable:
+        from lowbit.tracking.mlflow_backend import check_store
+
+        check_store(config.run.mlflow, "run.mlflow")
 
 
 def _ranges(config: TrainConfig) -> List[str]:
