@@ -191,7 +191,7 @@ def test_on_epoch_stops_a_run_that_is_recorded_and_resumes_exactly(tmp_path):
     seen = []
     full = train(tiny(**{"run.epochs": 3}), run_dir=tmp_path / "full", on_epoch=lambda m: seen.append(m))
     want = read_records(full / "metrics.csv")
-    assert [m["epoch"] for m in seen] == [1, 2]  # after every epoch but the last
+    assert [m["epoch"] for m in seen] == [1, 2, 3]  # after every epoch (a tuner needs the last result too)
     assert seen[0] == pytest.approx(want[0]) and read_stop_record(full) is None
 
     def plateau(metrics):
@@ -211,6 +211,9 @@ def test_on_epoch_stops_a_run_that_is_recorded_and_resumes_exactly(tmp_path):
 
     assert numbers(read_records(part / "metrics.csv")) == numbers(want)
     assert read_stop_record(part) is None and "Status: complete." in (part / "report.md").read_text()
+
+    last = train(tiny(**{"run.epochs": 1}), run_dir=tmp_path / "last", on_epoch=lambda m: "too late")
+    assert read_stop_record(last) is None and "Status: complete." in (last / "report.md").read_text()
 
     def broken(metrics):
         raise RuntimeError("the tuner's connection dropped")
@@ -288,3 +291,81 @@ def test_a_local_sqlite_store_needs_no_server(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED" and run.data.params["optim.lr"] == "0.05"
     assert client.get_experiment(run.info.experiment_id).name == "lowbit-train"
     assert history(client, run.info.run_id, "test_acc") == [(r["epoch"], pytest.approx(r["test_acc"])) for r in metrics]
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_alone_logs_and_its_callback_stops_every_rank(tmp_path):
+    pytest.importorskip("tensorboard")
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from test_distributed import HERE, torchrun
+
+    result = torchrun(HERE / "distributed" / "tracking_check.py", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["calls"] == [1, 2] and ranks[1]["calls"] == []  # called on rank 0; rank 1 stopped with it
+    run_dir = Path(ranks[0]["run_dir"])
+    metrics = read_records(run_dir / "metrics.csv")
+    assert len(metrics) == 2 and read_stop_record(run_dir)["reason"] == "rank 0 says stop"
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1  # one writer
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("step/train_loss")
+    assert [e.step for e in losses] == list(range(1, 9))
+    for epoch, row in enumerate(metrics):  # the global batch's loss (both halves), not rank 0's half
+        assert sum(e.value for e in losses[4 * epoch : 4 * epoch + 4]) / 4 == pytest.approx(row["train_loss"], rel=1e-6)
+
+
+def asha_trial(params):
+    """A Ray Tune trial as docs/training.md writes it: one lowbit run, each epoch reported to Tune."""
+    from ray import tune
+
+    from lowbit.train import StopTraining, load_train_config, train
+
+    def report(metrics):
+        try:
+            tune.report({"test_acc": metrics["test_acc"], "epoch": metrics["epoch"]})
+        except SystemExit:  # Tune ends a trial its scheduler stopped by exiting the trial's thread in report()
+            raise StopTraining("stopped by Ray Tune's ASHA scheduler") from None
+
+    overrides = [f"optim.lr={params['lr']}", *params["overrides"]]
+    train(load_train_config(None, overrides), run_dir=Path(params["runs"]) / f"lr{params['lr']}", on_epoch=report)
+
+
+@pytest.mark.slow
+def test_ray_tune_asha_stops_the_weak_trial_and_the_run_records_it(tmp_path, monkeypatch):
+    """A real local Ray instance: ASHA (grace 1 epoch, halving) ends the lr=1e-5 trial after its first epoch,
+    below the lr=0.05 trial's first epoch (run before it, one trial at a time)."""
+    tune = pytest.importorskip("ray.tune")
+    import os
+
+    import ray
+    from ray.tune.schedulers import ASHAScheduler
+
+    tests = str(Path(__file__).resolve().parent)  # the workers import asha_trial from this module
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        space = {"lr": tune.grid_search([0.05, 1e-5]), "runs": str(tmp_path / "runs"),
+                 "overrides": tiny_overrides(**{"run.epochs": 3})}
+        tuner = tune.Tuner(
+            asha_trial, param_space=space,
+            tune_config=tune.TuneConfig(metric="test_acc", mode="max", max_concurrent_trials=1,
+                                        scheduler=ASHAScheduler(time_attr="epoch", max_t=3, grace_period=1, reduction_factor=2)),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray_results"), verbose=0),
+        )
+        results = {r.config["lr"]: r for r in tuner.fit()}
+    finally:
+        ray.shutdown()
+    assert results[0.05].metrics["epoch"] == 3 and results[1e-5].metrics["epoch"] == 1
+    good, weak = tmp_path / "runs" / "lr0.05", tmp_path / "runs" / "lr1e-05"
+    assert len(read_records(good / "metrics.csv")) == 3 and read_stop_record(good) is None
+    assert len(read_records(weak / "metrics.csv")) == 1  # the epoch Tune saw, checkpointed: resumable
+    assert read_stop_record(weak)["reason"] == "stopped by Ray Tune's ASHA scheduler"
+    # Tune ends the trial's process right after: stopped.yaml is written first, the report may be cut short
+    # and is rebuilt from the files (`lowbit report`)
+    from lowbit.train import write_train_report
+
+    assert "stopped early after 1 of 3 epochs" in write_train_report(weak).read_text()

@@ -72,7 +72,7 @@ def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     """Rows as CSV text, columns in first-seen order, NaN as an empty cell."""
     names = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=names)
+    writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows)
     return buffer.getvalue()

@@ -495,11 +495,12 @@ def train(
         data_dir, device: override ``data.data_dir`` / ``run.device`` (the CLI flags).
         progress: show a tqdm bar per epoch.
         log: called with a start line and one line per epoch (the CLI passes ``tqdm.write``).
-        on_epoch: called after every epoch but the last, once its checkpoint is saved, with the epoch's
-            metrics.csv row (a dict: epoch, step, lr, train_loss, train_acc, test_loss, test_acc, seconds, ...).
-            A true return value (a string: the reason) or ``raise StopTraining(reason)`` ends the run there:
-            ``stopped.yaml`` and the report record the early stop, the trackers get status ``stopped``, and
-            ``train(resume=run_dir)`` continues it. Under torchrun it is called on rank 0 only; every rank stops.
+        on_epoch: called after every epoch, once its checkpoint is saved, with the epoch's metrics.csv
+            row (a dict: epoch, step, lr, train_loss, train_acc, test_loss, test_acc, seconds, ...). A true
+            return value (a string: the reason) or ``raise StopTraining(reason)`` ends the run there (after
+            the last epoch it changes nothing): ``stopped.yaml`` and the report record the early stop, the
+            trackers get status ``stopped``, and ``train(resume=run_dir)`` continues it. Any other exception
+            propagates, the epoch's checkpoint kept. Under torchrun it is called on rank 0 only; every rank stops.
 
     Raises:
         ValueError / FileNotFoundError / KeyError: bad config, names or data, before training.
@@ -829,16 +830,16 @@ def _train(
                     stopping = stop.signum is not None if rank is None else rank.any(stop.signum is not None, dev)
                     if stopping and epoch + 1 < cfg.run.epochs:
                         raise TrainingInterrupted(run_dir, epoch + 2, step)
-                    if epoch + 1 < cfg.run.epochs:  # after the checkpoint: a kill inside on_epoch keeps it
-                        reason = _ask_callback(on_epoch, record) if main and on_epoch is not None else None
-                        # every rank joins (whether or not it was given on_epoch): rank 0's answer stops them all
-                        if rank is not None and rank.any(reason is not None, dev) and reason is None:
-                            reason = "on_epoch on rank 0"
-                        if reason is not None:
-                            if main:
-                                write_stop_record(run_dir, epoch + 1, cfg.run.epochs, step, reason)
-                            stopped_early = True
-                            break
+                    # after the checkpoint, so that a kill inside on_epoch (a tuner ending the trial) keeps it
+                    reason = _ask_callback(on_epoch, record) if main and on_epoch is not None else None
+                    # every rank joins (whether or not it was given on_epoch): rank 0's answer stops them all
+                    if rank is not None and rank.any(reason is not None, dev) and reason is None:
+                        reason = "on_epoch on rank 0"
+                    if reason is not None and epoch + 1 < cfg.run.epochs:  # after the last epoch: nothing to stop
+                        if main:
+                            write_stop_record(run_dir, epoch + 1, cfg.run.epochs, step, reason)
+                        stopped_early = True
+                        break
         except BaseException as error:
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "diverged" if isinstance(error, TrainingDiverged) else "failed"
             if isinstance(error, (TrainingInterrupted, TrainingDiverged)):
