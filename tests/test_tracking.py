@@ -156,6 +156,20 @@ def test_tracker_settings_are_checked_before_any_work(tmp_path, monkeypatch):
 # ---- lowbit train
 
 
+def test_implicit_tensorboard_without_its_package_is_skipped_with_a_note(tmp_path, monkeypatch):
+    from lowbit.tracking import TensorBoardTracker
+
+    why = "torch.utils.tensorboard does not import here: pip install tensorboard (the lowbit[tensorboard] extra)"
+    monkeypatch.setattr(TensorBoardTracker, "missing", staticmethod(lambda: why))  # as on a machine without it
+    lines = []
+    run_dir = train(tiny(**{"run.tensorboard": True, "run.epochs": 1}), run_dir=tmp_path / "run", log=lines.append)
+    assert not (run_dir / "tensorboard").exists()
+    assert f"no TensorBoard events for this run: {why}, or set run.tensorboard=false" in lines
+    with pytest.raises(ValueError, match="run.trackers names 'tensorboard', but torch.utils.tensorboard does not import"):
+        train(tiny(**{"run.trackers": "[tensorboard]"}), runs_dir=tmp_path / "runs")  # named: an error
+    assert not (tmp_path / "runs").exists()
+
+
 def test_tensorboard_gets_per_step_loss_epoch_scalars_and_hparams(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
