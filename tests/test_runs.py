@@ -36,7 +36,7 @@ def test_run_dir_files(tmp_path):
     write_run_files(run_dir, C())
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == {"name": "demo"}
     meta = yaml.safe_load((run_dir / "meta.yaml").read_text())
-    assert {"lowbit", "torch", "machine", "git_commit"} <= set(meta)
+    assert {"lowbit", "torch", "machine", "lowbit_commit", "workdir_repo", "workdir_commit"} <= set(meta)
 
 
 def test_atomic_write(tmp_path):

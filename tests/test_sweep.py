@@ -257,7 +257,10 @@ def test_resume_runs_only_what_is_not_done(tmp_path, monkeypatch):
     done_metrics = sweep_dir / states(sweep_dir)["c000"].run_dir / "metrics.csv"
     before = (done_metrics.stat().st_mtime_ns, done_metrics.read_bytes())
     monkeypatch.delenv(FAULT_ENV)
+    left_by_a_kill = sweep_dir / ".cells.csv.k1ll3d.tmp"  # what a driver killed mid-write leaves
+    left_by_a_kill.write_text("half a row")
     run_sweep(resume=sweep_dir, workers=2, progress=False, log=lambda line: None)
+    assert not left_by_a_kill.exists()
     cells = states(sweep_dir)
     assert [s.status for s in cells.values()] == ["done", "done"]
     assert (done_metrics.stat().st_mtime_ns, done_metrics.read_bytes()) == before  # not recomputed

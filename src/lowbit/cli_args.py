@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -28,10 +29,27 @@ class IntermixedParser(argparse.ArgumentParser):
             self._intermixing = False
 
 
-def split_config_and_overrides(config: Optional[str], overrides: List[str]) -> Tuple[Optional[str], List[str]]:
-    """argparse puts a first ``key=value`` into the config slot; move it back to the overrides."""
+def split_config_and_overrides(
+    config: Optional[str], overrides: List[str], prefixes: Sequence[str] = ()
+) -> Tuple[Optional[str], List[str]]:
+    """The config file and the overrides of ``lowbit COMMAND [CONFIG] [key=value ...]``.
+
+    argparse puts a first ``key=value`` into the config slot; it is moved back
+    to the overrides. A config given as a bare name (no folder, e.g.
+    ``digits-xnor`` or ``train-digits-xnor``) is looked up among the built-in
+    configs with the command's ``prefixes`` (:func:`lowbit.config.find_config`);
+    a path is returned as given, so that a missing file is reported as such.
+    """
     overrides = list(overrides)
     if config is not None and "=" in config and not Path(config).exists():
         overrides.insert(0, config)
         config = None
+    if config is not None and not Path(config).exists() and _is_bare_name(config):
+        from lowbit.config import find_config
+
+        config = str(find_config(config, prefixes))
     return config, overrides
+
+
+def _is_bare_name(text: str) -> bool:
+    return "/" not in text and os.sep not in text

@@ -218,8 +218,8 @@ def find_config(name: Union[str, Path], prefixes: Sequence[str] = (), near: Sequ
 
     Tried in order: ``name`` as a path (as given, then relative to each folder in
     ``near``); then ``<prefix><name>.yaml`` for each prefix (e.g. ``train-``, then
-    none) in each of ``near`` and the folders of built-in configs (``./configs``
-    and the ``configs/`` of the lowbit source tree). A name that matches nothing
+    none) in each of ``near`` and the folders of :func:`builtin_config_dirs`
+    (``./configs``, then the configs installed with lowbit). A name that matches nothing
     is an error listing the nearest built-in names.
     """
     name = str(name)
@@ -244,14 +244,27 @@ def find_config(name: Union[str, Path], prefixes: Sequence[str] = (), near: Sequ
 
 
 def builtin_config_dirs() -> List[Path]:
-    """Folders holding lowbit's own configs: ``./configs`` and the source tree's ``configs/``."""
-    source = Path(__file__).resolve().parents[2] / "configs"  # src/lowbit/config.py -> <repo>/configs
-    folders = [Path("configs"), source]
+    """Folders searched for config names: ``./configs`` (the user's own, first), then lowbit's built-in ones.
+
+    The built-in configs are package data (``lowbit/configs/*.yaml``), so they
+    exist in a wheel or sdist install as well as in a source checkout.
+    """
+    folders = [Path("configs"), package_config_dir()]
     unique: List[Path] = []
     for folder in folders:
         if folder.is_dir() and all(folder.resolve() != f.resolve() for f in unique):
             unique.append(folder)
     return unique
+
+
+def package_config_dir() -> Path:
+    """lowbit's built-in configs, installed with the package."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def builtin_configs(prefix: str = "") -> List[Path]:
+    """The built-in config files whose names start with ``prefix`` (e.g. ``train-``), sorted by name."""
+    return sorted(package_config_dir().glob(f"{prefix}*.yaml"))
 
 
 def _parse_scalar(text: str) -> Any:

@@ -223,13 +223,14 @@ def is_temp_file(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
 
 
-def remove_temp_files(folder: PathLike) -> int:
-    """Delete the temporaries a killed writer left in ``folder`` and below; return how many.
+def remove_temp_files(folder: PathLike, recursive: bool = True) -> int:
+    """Delete the temporaries a killed writer left in ``folder`` (and below, if ``recursive``); return how many.
 
     Call it only while holding the folder's lock (no live writer can own them).
     """
     removed = 0
-    for path in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+    pattern = f".*{TEMP_SUFFIX}"
+    for path in Path(folder).rglob(pattern) if recursive else Path(folder).glob(pattern):
         if path.is_file() and not path.is_symlink() and is_temp_file(path):
             try:
                 path.unlink()

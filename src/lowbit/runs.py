@@ -30,7 +30,6 @@ import io
 import os
 import platform
 import shutil
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import yaml
 
 from lowbit.config import get_dotted, save_config, to_dict
+from lowbit.provenance import code_provenance
 from lowbit.files import (
     StorageError,
     atomic_torch_save,
@@ -384,7 +384,8 @@ def clear_run_dir(run_dir: PathLike, keep: Sequence[str] = ()) -> None:
 
 
 def environment_info() -> Dict[str, Any]:
-    """Versions, git commit and machine: the evidence that goes with every result."""
+    """Versions, commits (lowbit's and the working directory's, :mod:`lowbit.provenance`) and machine:
+    the evidence that goes with every result."""
     import torch
 
     import lowbit
@@ -393,27 +394,12 @@ def environment_info() -> Dict[str, Any]:
         "lowbit": lowbit.__version__,
         "torch": str(torch.__version__),
         "python": platform.python_version(),
-        "git_commit": git_commit(),
+        **code_provenance(),
         "machine": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-
-
-def git_commit() -> Optional[str]:
-    """The commit of the lowbit source tree, or None outside a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def cpu_name() -> str:

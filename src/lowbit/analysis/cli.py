@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True, parser_class=IntermixedParser)
     for name, (_, _, help_text) in ANALYSES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("config", nargs="?", help=f"YAML config (configs/analyze-*.yaml); default: the built-in quick {name} recipe on digits")
+        p.add_argument("config", nargs="?", help=f"YAML config: a file, or a built-in name (`lowbit configs analyze`); default: the built-in quick {name} recipe on digits")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 probe.every=5")
         p.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
         p.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lowbit.analysis.report import SUMMARY_FILE
 
-    config_path, overrides = split_config_and_overrides(args.config, args.overrides)
+    config_path, overrides = split_config_and_overrides(args.config, args.overrides, ("analyze-",))
     if args.resume and (config_path or overrides):
         raise ValueError("--resume takes the run's own config.yaml: give no config file or overrides with it")
     if args.force and not args.resume:

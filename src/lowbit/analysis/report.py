@@ -21,6 +21,7 @@ from lowbit.analysis.attribution import ATTRIBUTION_FILE
 from lowbit.analysis.bn_experiment import FINAL_FILE, LR_BAND_FILE, PROBES_FILE, TRAIN_FILE
 from lowbit.analysis.landscape_experiment import INTERPOLATION_FILE, LANDSCAPE_FILE
 from lowbit.analysis.weights import WEIGHTS_FILE
+from lowbit.provenance import describe_code
 from lowbit.report.tables import format_mean_se, format_number, group, markdown_table, mean_se
 from lowbit.config import read_yaml_or_empty
 from lowbit.runs import atomic_write_text, read_records
@@ -82,7 +83,7 @@ def write_analysis_report(run_dir: Path) -> Path:
 
 def _evidence(meta: Mapping[str, Any], summary: Mapping[str, Any]) -> List[str]:
     parts = [
-        f"lowbit {meta.get('lowbit', '?')}, torch {meta.get('torch', '?')}, git {meta.get('git_commit') or 'n/a'}",
+        f"{describe_code(meta)}, torch {meta.get('torch', '?')}",
         f"machine: {meta.get('machine', '?')}, {meta.get('cpu_threads', '?')} threads",
         f"started {meta.get('started', '?')}",
     ]

@@ -2,7 +2,8 @@
 
 The UCI "Optical Recognition of Handwritten Digits" test set as shipped with
 scikit-learn (``sklearn.datasets.load_digits``), so it is the default for
-quick runs and tests. Pixel counts 0..16 are scaled to uint8 by
+quick runs and tests. scikit-learn is the optional extra ``digits``
+(``pip install -c constraints.txt -e ".[digits]"``; the ``test`` extra has it). Pixel counts 0..16 are scaled to uint8 by
 ``round(v * 255 / 16)``.
 
 Split: a fixed stratified 80/20 split with ``random_state=0``
@@ -21,18 +22,26 @@ import numpy as np
 import torch
 
 from lowbit.data.datasets import DatasetSpec, register_dataset
+from lowbit.data.errors import DataFileNotFoundError
 
 __all__ = ["load_digits_split", "TEST_FRACTION", "SPLIT_SEED"]
 
 TEST_FRACTION = 0.2  # 80/20 train/test, stratified by class
 SPLIT_SEED = 0  # fixed: every run sees the same split
+INSTALL = 'pip install -c constraints.txt -e ".[digits]"'
 MAX_VALUE = 16  # load_digits pixels count set bits in 4×4 blocks of a 32×32 bitmap: 0..16
 
 
 @lru_cache(maxsize=1)
 def _split_arrays() -> dict:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise DataFileNotFoundError(
+            f"digits: the 1,797 digits come with scikit-learn, an optional extra that is not installed ({exc}). "
+            f"Install it with {INSTALL} (or pip install -c constraints.txt scikit-learn); nothing is downloaded."
+        ) from exc
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / MAX_VALUE)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)

@@ -16,7 +16,7 @@ from lowbit.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config (configs/probe-*.yaml); default: the built-in probe")
+    parser.add_argument("config", nargs="?", help="YAML config: a file, or a built-in name such as quick-check (`lowbit configs probe`); default: the built-in probe")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. probe.dims=[8,16] seed=3")
     parser.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run without recomputing its records")
     parser.add_argument(
@@ -42,7 +42,7 @@ def load_probe_config(config_path, overrides):
 def run(args: argparse.Namespace) -> int:
     from lowbit.probe.command import ProbeInterrupted, run_probe
 
-    config_path, overrides = split_config_and_overrides(args.config, args.overrides)
+    config_path, overrides = split_config_and_overrides(args.config, args.overrides, ("probe-",))
     if args.resume and (config_path or overrides):
         raise ValueError("--resume takes the run's own config.yaml: give no config file or overrides with it")
     if args.force and not args.resume:

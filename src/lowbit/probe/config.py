@@ -133,29 +133,25 @@ class ProbeGridConfig:
     def check_select(self, position: str) -> None:
         """``select`` names coordinates of this grid, each with a non-empty list of values."""
         valid = [position, *self.sweep, "init", "batch"]
-        for key, values in self.select.items():
-            if key not in valid:
-                hint = nearest(key, valid)
-                raise ValueError(
-                    f"probe.select key {key!r} is not a coordinate of this grid"
-                    + (f"; did you mean {hint!r}?" if hint else "")
-                    + f" (coordinates: {', '.join(valid)})"
-                )
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"probe.select.{key} must be a non-empty list of values, got {values!r}")
+        _check_grid_keys("probe.select", self.select, valid, "a coordinate of this grid", "coordinates")
 
     def check_sweep(self, valid: List[str], section: str) -> None:
         """Every swept key must be a setting of ``section`` (``task`` or ``network``)."""
-        for key, values in self.sweep.items():
-            if key not in valid:
-                hint = nearest(key, valid)
-                raise ValueError(
-                    f"probe.sweep key {key!r} is not a {section} setting"
-                    + (f"; did you mean {hint!r}?" if hint else "")
-                    + f" (valid: {', '.join(valid)})"
-                )
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"probe.sweep.{key} must be a non-empty list, got {values!r}")
+        _check_grid_keys("probe.sweep", self.sweep, valid, f"a {section} setting", "valid")
+
+
+def _check_grid_keys(name: str, entries: Dict[str, Any], valid: List[str], what: str, listed: str) -> None:
+    """Each key of ``entries`` is in ``valid`` (else the nearest is named) and maps to a non-empty list."""
+    for key, values in entries.items():
+        if key not in valid:
+            hint = nearest(key, valid)
+            raise ValueError(
+                f"{name} key {key!r} is not {what}"
+                + (f"; did you mean {hint!r}?" if hint else "")
+                + f" ({listed}: {', '.join(valid)})"
+            )
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{name}.{key} must be a non-empty list of values, got {values!r}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import yaml
 
+from lowbit.provenance import describe_code
 from lowbit.report.tables import format_mean_se, group, markdown_table, mean_se
 from lowbit.config import read_yaml_or_empty
 from lowbit.runs import atomic_write_text, read_records
@@ -152,7 +153,7 @@ def _evidence(
         + (f", capped at the common budget {budget.get('radius')} ({budget.get('norm')})" if budget else "")
         + f"; the quick check uses lr = {measure.get('quick_lr')}. Reference for cosines: `{measure.get('reference')}`.",
         "",
-        f"Seed {config.get('seed')}; lowbit {meta.get('lowbit')}, commit {meta.get('git_commit')}, torch {meta.get('torch')}, "
+        f"Seed {config.get('seed')}; {describe_code(meta)}, torch {meta.get('torch')}, "
         f"{meta.get('machine')}; started {meta.get('started')}.",
         "",
     ]
@@ -530,7 +531,7 @@ def _network_evidence(
         " (on a random coordinate subset its sampling standard error is reported). A layer with no sign activation "
         "after it (e.g. the last binary conv before a float head) gets the same gradient from every surrogate.",
         "",
-        f"lowbit {meta.get('lowbit')}, commit {meta.get('git_commit')}, torch {meta.get('torch')}, "
+        f"{describe_code(meta)}, torch {meta.get('torch')}, "
         f"{meta.get('machine')}; started {meta.get('started')}."
         + (f" STE statistics: {stats.get('batches')} mini-batches of {stats.get('batch_size')}." if stats.get("batches") else ""),
         "",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from lowbit.config import ConfigError, find_config, format_override, from_dict, parse_overrides, read_yaml, to_dict
+from lowbit.files import remove_temp_files
 from lowbit.runs import DirectoryLock, atomic_write_text, create_run_dir, environment_info
 from lowbit.signals import sigterm_as_interrupt
 from lowbit.sweep.cells import Cell, expand_cells, reproduce_command
@@ -136,6 +137,8 @@ def run_sweep(
         sweep_dir = Path(resume)
         spec, base_file, base_config, threads = read_sweep_file(sweep_dir)
         lock = DirectoryLock(sweep_dir, "sweep").acquire()
+        # The sweep's own files only: each cell's run directory is cleaned by its own resume, under its own lock.
+        remove_temp_files(sweep_dir, recursive=False)
     assert spec is not None
     try:
         spec = _with_cli(spec, executor, workers, address)

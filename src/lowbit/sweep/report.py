@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import yaml
 
 from lowbit.config import get_dotted
+from lowbit.provenance import describe_code
 from lowbit.report.tables import csv_text, format_mean_se, markdown_table, mean_se, sort_key
 from lowbit.runs import DirectoryLock, atomic_write_text, read_records
 from lowbit.sweep.spec import PROBE_AXES, SweepSpec, TableSpec
@@ -118,7 +119,7 @@ def _evidence(spec: SweepSpec, base_file: Optional[str], threads: int, cells: Se
         f"Executor `{summary.get('executor', spec.executor)}` with {summary.get('workers', '?')} cell(s) at a time, "
         f"{threads} torch thread(s) per cell; {seconds:.1f} s of cell time in all.",
         "",
-        f"lowbit {meta.get('lowbit')}, commit {meta.get('git_commit')}, torch {meta.get('torch')}, {meta.get('machine')}; "
+        f"{describe_code(meta)}, torch {meta.get('torch')}, {meta.get('machine')}; "
         f"started {meta.get('started')}. Every cell is its own run directory under `cells/`; its `config.yaml` "
         f"reproduces it (`lowbit {spec.command} cells/<cell>/config.yaml`), as does the command in `{CELLS_FILE}`.",
         "",

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "config",
         nargs="?",
         default=None,
-        help="YAML recipe (configs/train-*.yaml); default: the built-in digits recipe",
+        help="YAML recipe: a file, or a built-in name such as digits-xnor (`lowbit configs train`); default: the built-in digits recipe",
     )
     parser.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. optim.lr=0.1")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run from its last checkpoint")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, train
     from lowbit.train.summary import run_summary, summary_table
 
-    config_path, overrides = split_config_and_overrides(args.config, args.overrides)
+    config_path, overrides = split_config_and_overrides(args.config, args.overrides, ("train-",))
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     progress = not args.quiet and sys.stderr.isatty()
     log = None if args.quiet else tqdm.write

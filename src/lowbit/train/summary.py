@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from lowbit.config import read_yaml_or_empty
+from lowbit.provenance import describe_code
 from lowbit.runs import atomic_write_text, read_records
 
 PathLike = Union[str, Path]
@@ -409,7 +410,7 @@ def write_train_report(run_dir: PathLike) -> Path:
             "## Evidence",
             "",
             f"- config: `config.yaml` (reproduce: `lowbit train {run_dir / 'config.yaml'}`)",
-            f"- git commit: {meta.get('git_commit')}; lowbit {meta.get('lowbit')}, torch {meta.get('torch')}, "
+            f"- code: {describe_code(meta)}; torch {meta.get('torch')}, "
             f"python {meta.get('python')}",
             f"- machine: {meta.get('machine')}, {meta.get('cpu_threads')} torch threads, CUDA: {meta.get('cuda')}",
             f"- started: {meta.get('started')}",
