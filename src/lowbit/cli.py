@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "analyze": ("lowbit.analysis.cli", "BatchNorm smoothness, 2-D loss landscapes, attributions, weight pictures"),
     "sweep": ("lowbit.sweep.cli", "run a grid of train, probe or analyze runs on local workers or a Ray cluster, with cross-run tables"),
     "report": ("lowbit.report.cli", "rebuild report.md and plots of a run directory from its records"),
+    "table": ("lowbit.train.table_cli", "the summary table over training runs, sorted by the keys that differ; CSV and Markdown"),
     "configs": ("lowbit.config_catalog", "list the built-in configs (run any of them by name), or print one"),
     "models": ("lowbit.models.cli", "table of every model: parameters, size, precision, MACs"),
     "export": ("lowbit.deploy.cli", "export a trained run to ONNX or to the bit-packed binary format, checked"),

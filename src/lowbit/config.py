@@ -191,6 +191,18 @@ def get_dotted(tree: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return node
 
 
+def flatten_dotted(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}, "c": {}}`` -> ``{"a.b": 1, "c": {}}``: every leaf under its dotted key (the inverse of
+    ``set_dotted``); an empty mapping is a leaf."""
+    flat: Dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def format_override(key: str, value: Any) -> str:
     """``key=value`` that ``parse_overrides`` reads back as ``value`` (YAML flow style)."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()

@@ -7,6 +7,7 @@ hand make the same run directory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -16,6 +17,7 @@ from lowbit.files import check_writable
 from lowbit.probe.config import ProbeConfig
 from lowbit.probe.plan import prepare
 from lowbit.probe.runner import run_grid
+from lowbit.probe.tracking import check_trackers, finish, open_probe_trackers, unit_scalars
 from lowbit.runs import (
     check_resume_config,
     check_run_name,
@@ -31,6 +33,8 @@ from lowbit.signals import sigterm_as_interrupt
 
 PathLike = Union[str, Path]
 RECORDS_FILE = "records.csv"
+# keys a resume may change: where it runs and how it is recorded, not what it measures
+CHANGEABLE_ON_RESUME = ("device", "trackers", "mlflow")
 
 
 class ProbeInterrupted(KeyboardInterrupt):
@@ -77,15 +81,17 @@ def run_probe(
     if resume is not None:
         run_dir = open_resumed_run(resume, config, run_dir, "probe")
         config = load_config(ProbeConfig, run_dir / "config.yaml")
-        check_resume_config(run_dir, config, started_config(run_dir), "probe", changeable=("device",), force=force)
+        check_resume_config(run_dir, config, started_config(run_dir), "probe", changeable=CHANGEABLE_ON_RESUME, force=force)
         if device is not None:
             config = dataclasses.replace(config, device=device)
         prepare(config)
+        check_trackers(config)
     else:
         config = config if config is not None else ProbeConfig(name="probe-default")
         check_run_name(config.name, "name")
         check_threads(config.threads, "threads")
         prepare(config)  # every check before the run directory exists or any compute starts
+        check_trackers(config)
         check_writable(run_dir if run_dir is not None else runs_dir)
         if run_dir is None:
             run_dir = create_run_dir(config.name, runs_dir)
@@ -99,12 +105,24 @@ def run_probe(
     if log is not None:
         log(f"writing to {run_dir}")
 
+    trackers = open_probe_trackers(config, run_dir, resumed=resume is not None)
+
+    def log_unit(position: int, records: list) -> None:
+        trackers.log_scalars(unit_scalars(records), position)
+
     with sigterm_as_interrupt():
         try:
-            run_grid(config, run_dir, progress=progress, estimate=estimate)
+            run_grid(config, run_dir, progress=progress, estimate=estimate, after_unit=log_unit if trackers else None)
         except KeyboardInterrupt:
             if (run_dir / RECORDS_FILE).exists():
                 write_probe_report(run_dir)
+            with contextlib.suppress(Exception):
+                finish(trackers, run_dir, "interrupted")
             raise ProbeInterrupted(run_dir) from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                finish(trackers, run_dir, "failed")
+            raise
+    finish(trackers, run_dir, "complete")
     write_probe_report(run_dir)
     return run_dir

@@ -15,6 +15,7 @@ from lowbit.devices import check_device_name
 from lowbit.grid import axis, cartesian
 from lowbit.probe.network import NetworkConfig
 from lowbit.registry import nearest
+from lowbit.tracking.base import MLflowConfig
 
 
 @dataclass
@@ -231,6 +232,11 @@ class ProbeConfig:
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     # modules imported before the rest of the config is checked: user models, quantizers, estimators (docs/api.md)
     plugins: List[str] = field(default_factory=list)
+    # experiment trackers for the per-unit numbers (lowbit.probe.tracking, docs/probe.md): tensorboard | mlflow
+    # (the lowbit[mlflow] extra) | any registered name; []: records.csv and the report only. Missing packages of
+    # a named tracker are an error before any compute
+    trackers: List[str] = field(default_factory=list)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)  # {tracking_uri, experiment} of the mlflow tracker
 
     def __post_init__(self) -> None:
         check_device_name(self.device)

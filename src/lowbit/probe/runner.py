@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -58,10 +58,12 @@ def iter_units(config: ProbeConfig, layers: Sequence[str] = ()) -> Iterator[Tupl
     return iter(plan_units(config, layers))
 
 
-def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate: bool = True) -> int:
+def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate: bool = True,
+             after_unit: Optional[Callable[[int, List[Dict[str, Any]]], None]] = None) -> int:
     """Measure every unit not yet in ``run_dir/records.csv``; return how many were computed.
 
     With ``estimate`` the time the remaining units will take is printed before they start.
+    ``after_unit(position in the plan, records)`` is called once each unit's records are saved.
     """
     from tqdm.auto import tqdm
 
@@ -75,6 +77,7 @@ def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate
     done = completed_units(records_path, [u.id for u in units])  # verified: planned units, each recorded once
     writer = RecordWriter(records_path)  # drops the rows of a unit whose write was cut short (with a warning)
     todo = [u for u in units if u.id not in done]
+    order = {u.id: index for index, u in enumerate(units)}  # a unit's place in the plan, the trackers' step
     # Into a redirected log the bar is redrawn only every _bar_interval() seconds: a postfix change must
     # not force a redraw there (tqdm's set_postfix_str refreshes by default, i.e. two lines per unit).
     interactive = sys.stderr.isatty()
@@ -100,6 +103,8 @@ def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate
             else:
                 records = measure_unit(config, specs, task, position, condition, init, batch)
             writer.write_many(records)
+            if after_unit is not None:
+                after_unit(order[unit.id], records)
             computed += 1
             bar.update(1)
     finally:

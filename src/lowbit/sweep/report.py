@@ -17,8 +17,6 @@ its row and column, with n; a place whose cells did not finish says so.
 
 from __future__ import annotations
 
-import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -27,7 +25,7 @@ import yaml
 
 from lowbit.config import get_dotted
 from lowbit.provenance import describe_code
-from lowbit.report.tables import format_mean_se, markdown_table, mean_se
+from lowbit.report.tables import csv_text, format_mean_se, markdown_table, mean_se, sort_key
 from lowbit.runs import DirectoryLock, atomic_write_text, read_records
 from lowbit.sweep.spec import PROBE_AXES, SweepSpec, TableSpec
 from lowbit.sweep.state import CELLS_FILE, DONE, FAILED, CellState, read_cells, read_summary, read_sweep_file
@@ -286,29 +284,12 @@ def _render_table(table: TableSpec, obs: List[Dict[str, Any]], miss: List[Dict[s
 
 
 def _sorted_unique(keys: Sequence[Tuple]) -> List[Tuple]:
-    return sorted(dict.fromkeys(keys), key=lambda key: tuple(_order(v) for v in key))
-
-
-def _order(value: Any) -> Tuple:
-    if value is None:
-        return (0, 0, "")
-    if isinstance(value, bool):
-        return (1, int(value), "")
-    if isinstance(value, (int, float)):
-        return (1, float(value), "")
-    return (2, 0, str(value))
+    return sorted(dict.fromkeys(keys), key=lambda key: tuple(sort_key(v) for v in key))
 
 
 def _write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
     path.parent.mkdir(exist_ok=True)
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=names)
-    writer.writeheader()
-    writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, csv_text(rows))
 
 
 def _show(value: Any) -> str:

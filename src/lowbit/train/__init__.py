@@ -3,6 +3,8 @@
     from lowbit.train import TrainConfig, train
     run_dir = train(TrainConfig())               # the quick digits recipe
     train(resume=run_dir)                        # continue an interrupted run exactly
+    train(config, on_epoch=lambda m: m["test_acc"] < 0.5 and m["epoch"] >= 3)   # stop a hopeless run early
+    print(sweep_table(run_dirs))                 # one row per run, sorted by the keys that differ
 
 See docs/training.md for the recipes in configs/train-*.yaml.
 """
@@ -26,11 +28,20 @@ from lowbit.train.config import (
 )
 from lowbit.train.flips import FlipRatio
 from lowbit.train.distill import DistillConfig, attention_loss, distribution_loss, kd_loss
-from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, build, check_config, evaluate, train
+from lowbit.train.loop import StopTraining, TrainingDiverged, TrainingInterrupted, build, check_config, evaluate, train
 from lowbit.train.losses import build_loss, list_losses, register_loss
 from lowbit.train.optim import build_optimizer, list_optimizers, register_optimizer, set_learning_rate
 from lowbit.train.schedules import list_schedules, make_schedule, register_schedule
-from lowbit.train.summary import run_summary, summarize, summary_table, sweep_table, write_train_report
+from lowbit.train.summary import (
+    SweepTable,
+    read_stop_record,
+    run_summary,
+    summarize,
+    summary_table,
+    sweep_table,
+    varied_keys,
+    write_train_report,
+)
 from lowbit.train.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from lowbit.train.surrogate_schedule import SurrogateScheduleConfig, schedule_value
 
@@ -47,7 +58,9 @@ __all__ = [
     "OptimGroupConfig",
     "RunConfig",
     "ScheduleConfig",
+    "StopTraining",
     "SurrogateScheduleConfig",
+    "SweepTable",
     "SyncBatchNorm",
     "TrainConfig",
     "TrainingDiverged",
@@ -67,6 +80,7 @@ __all__ = [
     "list_schedules",
     "load_checkpoint",
     "load_matching_weights",
+    "read_stop_record",
     "make_schedule",
     "register_loss",
     "register_optimizer",
@@ -78,5 +92,6 @@ __all__ = [
     "summary_table",
     "sweep_table",
     "train",
+    "varied_keys",
     "write_train_report",
 ]

@@ -39,6 +39,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowbit.config import to_dict
+from lowbit.config import flatten_dotted, to_dict
 from lowbit.devices import set_tf32
 from lowbit.files import check_writable
 from lowbit.nn.latent import clip_latent_weights_
@@ -71,14 +72,24 @@ from lowbit.train.checkpoint import (
 )
 from lowbit.train.config import TrainConfig
 from lowbit.train.distributed import Distributed, check_divisible, from_environment
-from lowbit.train.flips import flip_columns, flip_ratio_for
+from lowbit.train.flips import flip_ratio_for
 from lowbit.train.distill import build_distiller, resolve_teacher
 from lowbit.train.guards import KeptCheckpoint, TrainingDiverged, check_checkpointable, divergence_fix, nonfinite_tensor
 from lowbit.train.resume import load_resume_state
 from lowbit.train.losses import LOSSES, LossFn, build_loss
 from lowbit.train.optim import OPTIMIZERS, build_optimizer, set_learning_rate
 from lowbit.train.schedules import SCHEDULES, make_schedule
-from lowbit.train.summary import GRAD_HIST_FILE, GRAD_STATS_FILE, STORAGE_FILE, read_stats
+from lowbit.train.summary import (
+    GRAD_HIST_FILE,
+    GRAD_STATS_FILE,
+    STOP_FILE,
+    STORAGE_FILE,
+    is_bookkeeping_key,
+    read_stats,
+    summarize,
+    write_stop_record,
+)
+from lowbit.tracking import Trackers, TrackingContext, open_trackers, resolve_trackers
 from lowbit.train.surrogate_schedule import build_surrogate_schedule
 
 PathLike = Union[str, Path]
@@ -95,6 +106,11 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path, epoch: int, step: int):
         super().__init__(f"interrupted at epoch {epoch}, step {step}; checkpoint saved in {run_dir}")
         self.run_dir, self.epoch, self.step = run_dir, epoch, step
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` callback of :func:`train` to end the run after this epoch (e.g. a tuner's
+    early stop); the message is recorded as the reason. ``train`` returns normally, the run resumable."""
 
 
 @dataclass
@@ -402,14 +418,43 @@ def _keep_grad_stats_before(run_dir: Path, step: int) -> None:
                 _rewrite_metrics(path, kept)
 
 
-def _tensorboard(run_dir: Path, enabled: bool) -> Any:
-    if not enabled:
-        return None
+def _open_trackers(cfg: TrainConfig, run_dir: Path, resumed: bool, log: Optional[Callable[[str], None]]) -> Trackers:
+    """The run's trackers (``run.trackers`` / ``run.tensorboard``), opened, with the run's parameters logged."""
+    names, explicit = cfg.run.requested_trackers()
+    usable, notes = resolve_trackers(names, required=explicit)
+    for note in notes:  # the implicit run.tensorboard: true without the package
+        message = f"no TensorBoard events for this run: {note}, or set run.tensorboard=false"
+        log(message) if log is not None else warnings.warn(message, stacklevel=3)
+    trackers = open_trackers(usable, TrackingContext(run_dir, "train", resumed=resumed, mlflow=cfg.run.mlflow))
+    flat = flatten_dotted(to_dict(cfg))
+    trackers.log_params({k: v for k, v in flat.items() if not is_bookkeeping_key(k)})
+    return trackers
+
+
+def _epoch_scalars(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A metrics.csv row as tracker scalars, x = the epoch: every number but the epoch and step counters."""
+    return {k: v for k, v in record.items() if k not in ("epoch", "step")}
+
+
+def _finish_trackers(trackers: Trackers, history: List[Dict[str, Any]], cfg: TrainConfig, status: str) -> None:
+    """The run's summary (``lowbit.train.summarize`` of its epochs, ``summary/*``) and its status, then close."""
+    if not trackers:
+        return
+    if history:
+        summary = summarize(history, cfg.run.summary_last_n)
+        trackers.log_summary({f"summary/{k}": v for k, v in summary.items()})
+    trackers.close(status)
+
+
+def _ask_callback(on_epoch: Callable[[Dict[str, Any]], Any], record: Dict[str, Any]) -> Optional[str]:
+    """Why ``on_epoch`` stops the run after this epoch (it returned a true value or raised StopTraining), or None."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: skip silently
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+        answer = on_epoch(dict(record))
+    except StopTraining as stop:
+        return str(stop) or "StopTraining raised by the epoch callback"
+    if answer:
+        return answer if isinstance(answer, str) else "the epoch callback returned True"
+    return None
 
 
 def _with(config: TrainConfig, data_dir: Optional[str], device: Optional[str]) -> TrainConfig:
@@ -433,6 +478,7 @@ def train(
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
     force: bool = False,
+    on_epoch: Optional[Callable[[Dict[str, Any]], Any]] = None,
 ) -> Path:
     """Train ``config`` (default: ``TrainConfig()``, the digits recipe); return the run directory.
 
@@ -449,6 +495,12 @@ def train(
         data_dir, device: override ``data.data_dir`` / ``run.device`` (the CLI flags).
         progress: show a tqdm bar per epoch.
         log: called with a start line and one line per epoch (the CLI passes ``tqdm.write``).
+        on_epoch: called after every epoch, once its checkpoint is saved, with the epoch's metrics.csv
+            row (a dict: epoch, step, lr, train_loss, train_acc, test_loss, test_acc, seconds, ...). A true
+            return value (a string: the reason) or ``raise StopTraining(reason)`` ends the run there (after
+            the last epoch it changes nothing): ``stopped.yaml`` and the report record the early stop, the
+            trackers get status ``stopped``, and ``train(resume=run_dir)`` continues it. Any other exception
+            propagates, the epoch's checkpoint kept. Under torchrun it is called on rank 0 only; every rank stops.
 
     Raises:
         ValueError / FileNotFoundError / KeyError: bad config, names or data, before training.
@@ -491,10 +543,10 @@ def train(
     if rank is not None:
         rank.start(dev)
         try:
-            return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed)
+            return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed, on_epoch)
         finally:
             rank.stop()
-    return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed)
+    return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed, on_epoch)
 
 
 def _train(
@@ -507,6 +559,7 @@ def _train(
     progress: bool,
     log: Optional[Callable[[str], None]],
     resumed: bool = False,
+    on_epoch: Optional[Callable[[Dict[str, Any]], Any]] = None,
 ) -> Path:
     """The body of :func:`train` once the device (and, under torchrun, the process group) is up."""
     from tqdm.auto import tqdm
@@ -594,8 +647,10 @@ def _train(
             if main:
                 _rewrite_metrics(run_dir / METRICS_FILE, history)
                 _keep_grad_stats_before(run_dir, step)
+                (run_dir / STOP_FILE).unlink(missing_ok=True)  # a run stopped early by on_epoch continues
         metrics_writer = RecordWriter(run_dir / METRICS_FILE) if main else None
-        board = _tensorboard(run_dir, cfg.run.tensorboard) if main else None
+        trackers = _open_trackers(cfg, run_dir, resumed, log) if main else Trackers()  # rank 0 alone logs
+        log_every = cfg.run.log_every if trackers else 0
         if grad_probe is not None and main:  # measures at initialisation, or picks up after the resumed epoch
             grad_probe.begin(run_dir, start_epoch, resumed=state is not None)
 
@@ -657,6 +712,7 @@ def _train(
         autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         n_train, batch = setup.train_images.shape[0], cfg.data.batch_size
         stop = _StopFlag()
+        stopped_early = False  # on_epoch asked to stop (recorded in stopped.yaml)
         try:
             with _handle_signals(stop):
                 for epoch in range(start_epoch, cfg.run.epochs):
@@ -725,6 +781,8 @@ def _train(
                         sums["loss"] += numbers[0]
                         sums["correct"] += int(numbers[1])
                         sums["count"] += int(numbers[2])
+                        if log_every and step % log_every == 0:  # this step's batch (all ranks'), x = optimizer steps
+                            trackers.log_scalars({"step/train_loss": numbers[0] / numbers[2], "step/lr": lr}, step)
                         bar.update(1)
                         if progress and (i % 10 == 0):
                             bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.4f}", lr=f"{lr:.3g}")
@@ -761,9 +819,7 @@ def _train(
                     history.append(record)
                     if metrics_writer is not None:
                         metrics_writer.write(record)
-                    if board is not None:
-                        for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", *flip_columns(record)):
-                            board.add_scalar(key, record[key], epoch + 1)
+                    trackers.log_scalars(_epoch_scalars(record), epoch + 1)
                     if log is not None:
                         log(_epoch_line(record, cfg.run.epochs))
                     perm, position = None, 0
@@ -774,18 +830,31 @@ def _train(
                     stopping = stop.signum is not None if rank is None else rank.any(stop.signum is not None, dev)
                     if stopping and epoch + 1 < cfg.run.epochs:
                         raise TrainingInterrupted(run_dir, epoch + 2, step)
-        except (TrainingInterrupted, TrainingDiverged):
-            with contextlib.suppress(Exception):
-                flush_stats()  # rows past the last checkpoint are dropped again on resume
-            if history and main:  # a report of what the run has so far
+                    # after the checkpoint, so that a kill inside on_epoch (a tuner ending the trial) keeps it
+                    reason = _ask_callback(on_epoch, record) if main and on_epoch is not None else None
+                    # every rank joins (whether or not it was given on_epoch): rank 0's answer stops them all
+                    if rank is not None and rank.any(reason is not None, dev) and reason is None:
+                        reason = "on_epoch on rank 0"
+                    if reason is not None and epoch + 1 < cfg.run.epochs:  # after the last epoch: nothing to stop
+                        if main:
+                            write_stop_record(run_dir, epoch + 1, cfg.run.epochs, step, reason)
+                        stopped_early = True
+                        break
+        except BaseException as error:
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "diverged" if isinstance(error, TrainingDiverged) else "failed"
+            if isinstance(error, (TrainingInterrupted, TrainingDiverged)):
                 with contextlib.suppress(Exception):
-                    write_train_report(run_dir)
+                    flush_stats()  # rows past the last checkpoint are dropped again on resume
+                if history and main:  # a report of what the run has so far
+                    with contextlib.suppress(Exception):
+                        write_train_report(run_dir)
+            with contextlib.suppress(Exception):
+                _finish_trackers(trackers, history, cfg, status)
             raise
         finally:
             if stats is not None:
                 stats.detach()
-            if board is not None:
-                board.close()
+        _finish_trackers(trackers, history, cfg, "stopped" if stopped_early else "complete")
     if main:
         write_train_report(run_dir)
     return run_dir
@@ -835,6 +904,7 @@ def _divergence_message(value: float, epoch: int, i: int, step: int, cfg: TrainC
 
 __all__ = [
     "Setup",
+    "StopTraining",
     "TrainingDiverged",
     "TrainingInterrupted",
     "build",

@@ -3,7 +3,7 @@
 ``check_config(config)`` raises one ``ValueError`` listing every problem it
 finds, so a bad recipe costs a second, not a data load and a run directory:
 
-- registry names (model, dataset, optimizer, schedule, loss), ``run.baseline``,
+- registry names (model, dataset, optimizer, schedule, loss, ``run.trackers`` and their packages), ``run.baseline``,
   the device, and the run name (one folder name, :func:`lowbit.runs.check_run_name`);
 - ranges that no run can use: ``run.epochs`` at most :data:`MAX_EPOCHS`,
   batches at most :data:`MAX_BATCH`, warm-up no longer than the run, crop padding and cutout no larger than the
@@ -110,12 +110,25 @@ def check_config(config: TrainConfig) -> None:
     resolve_device(config.run.device)
     attempt("", lambda: check_run_name(config.run_name, "run.name"))
     attempt("", lambda: check_threads(config.run.threads, "run.threads"))
+    attempt("", lambda: _check_trackers(config))
     errors += _ranges(config)
     errors += _schedule_names(config)
     errors += _built(config)
     if errors:
         flat = [line for e in errors for line in [e.replace("invalid config:\n  - ", "").replace("\n  - ", "; ")]]
         raise ValueError("invalid config:\n  - " + "\n  - ".join(flat))
+
+
+def _check_trackers(config: TrainConfig) -> None:
+    """``run.trackers``: known names whose packages import (the implicit TensorBoard may be missing)."""
+    from lowbit.tracking import resolve_trackers
+
+    names, explicit = config.run.requested_trackers()
+    usable, _ = resolve_trackers(names, required=explicit)
+    if "mlflow" in usable:
+        from lowbit.tracking.mlflow_backend import check_store
+
+        check_store(config.run.mlflow, "run.mlflow")
 
 
 def _ranges(config: TrainConfig) -> List[str]:

@@ -4,7 +4,9 @@ The config is ``RUN_DIR/config.yaml``; it must be the config the finished part
 of the run was trained with (the checkpoint's ``config``, or, before the first
 checkpoint, ``.started-config.yaml``) except for the keys a resume may change,
 ``data.data_dir`` and ``run.device`` (the ``--data-dir`` and ``--device``
-flags). Anything else changed is refused with the changed keys named, unless
+flags) and the tracking keys (``run.tensorboard``, ``run.trackers``,
+``run.log_every``, ``run.mlflow``; they also let a run started before they
+existed be resumed). Anything else changed is refused with the changed keys named, unless
 ``force``. The checkpoint is loaded with ``weights_only=True`` and must hold
 finite weights (an older lowbit could save a diverged one).
 """
@@ -22,7 +24,8 @@ from lowbit.train.guards import nonfinite_tensor
 
 __all__ = ["CHANGEABLE_ON_RESUME", "load_resume_state"]
 
-CHANGEABLE_ON_RESUME = ("data.data_dir", "run.device")
+# where the run reads its data and runs, and how it is recorded (the trackers): not what it computes
+CHANGEABLE_ON_RESUME = ("data.data_dir", "run.device", "run.tensorboard", "run.trackers", "run.log_every", "run.mlflow")
 
 
 # what a resumable checkpoint holds (see lowbit.train.checkpoint), with the types the loop relies on

@@ -49,17 +49,28 @@ GRAD_STATS_FILE = "grad_stats.csv"  # lowbit.nn.GradientStats records: one row p
 GRAD_HIST_FILE = "grad_hist.csv"  # its histograms: one row per (step, layer, G|E, bin)
 STORAGE_FILE = "storage.csv"  # lowbit.nn.storage_records of the quantized model, written at the start
 
-# Config keys that do not change the numbers: left out of "differs from the baseline in"
+STOP_FILE = "stopped.yaml"  # an early stop by train(on_epoch=...): epoch, epochs, step, reason
+
+# Config keys (and sections) that do not change the numbers: left out of "differs from the baseline in",
+# of the trackers' parameters and of the varied keys of a sweep table
 _BOOKKEEPING_KEYS = (
     "run.name",
     "run.baseline",
     "run.threads",
     "run.tensorboard",
+    "run.trackers",
+    "run.log_every",
+    "run.mlflow",
     "run.grad_stats_every",
     "run.summary_last_n",
     "data.data_dir",
     "data.eval_batch_size",
 )
+
+
+def is_bookkeeping_key(key: str) -> bool:
+    """A dotted config key that names where or how a run is recorded, not what it computes."""
+    return any(key == k or key.startswith(k + ".") for k in _BOOKKEEPING_KEYS)
 
 # the notes' table: (column title, summary key, format)
 TABLE_COLUMNS = (
@@ -159,18 +170,138 @@ def run_summary(run_dir: PathLike, last_n: Optional[int] = None) -> Dict[str, An
     return row
 
 
-def sweep_table(run_dirs: Iterable[PathLike], keys: Sequence[str] = ("model.width", "optim.weight_decay")) -> str:
-    """The notes' sweep table: one row per run, labelled by config ``keys`` (dotted).
+# ---------------------------------------------------------------- status and early stops
+
+
+def write_stop_record(run_dir: PathLike, epoch: int, epochs: int, step: int, reason: str) -> Path:
+    """``stopped.yaml``: the run was stopped early by its ``on_epoch`` callback after ``epoch`` of ``epochs``."""
+    import yaml
+
+    path = Path(run_dir) / STOP_FILE
+    record = {"epoch": int(epoch), "epochs": int(epochs), "step": int(step), "reason": str(reason), "by": "on_epoch"}
+    atomic_write_text(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def read_stop_record(run_dir: PathLike) -> Optional[Dict[str, Any]]:
+    """The early stop of a run (``stopped.yaml``), or None when the on_epoch callback did not stop it."""
+    record = _read_yaml(Path(run_dir) / STOP_FILE)  # {} when there is none
+    return record or None
+
+
+def run_status(run_dir: PathLike, epochs_done: int, config: Mapping[str, Any]) -> str:
+    """``complete``, ``stopped early after k of N epochs`` (on_epoch) or ``stopped after k of N epochs``."""
+    total = _get(config, "run.epochs")
+    if total is None or epochs_done >= total:
+        return "complete"
+    early = read_stop_record(run_dir)
+    if early is not None and int(early.get("epoch", -1)) == epochs_done:
+        return f"stopped early after {epochs_done} of {total} epochs"
+    return f"stopped after {epochs_done} of {total} epochs"
+
+
+# ---------------------------------------------------------------- tables over runs
+
+_TABLE_VALUES = ("epochs", "last_n", "train_loss", "train_acc", "test_loss", "test_acc", "best_test_acc", "best_epoch",
+                 "final_test_acc", "wall_seconds", "param_mb")
+
+
+class SweepTable(list):
+    """Rows of :func:`sweep_table` (a list of dicts) that know their label keys and how to print themselves.
+
+    ``str(table)`` and :meth:`markdown` give the notes' Markdown table; :meth:`csv` the CSV text,
+    :meth:`write` both files, :meth:`frame` a pandas DataFrame.
+    """
+
+    def __init__(self, rows: Iterable[Dict[str, Any]] = (), keys: Sequence[str] = ()):
+        super().__init__(rows)
+        self.keys = list(keys)
+
+    def markdown(self) -> str:
+        labels = ["run", *self.keys] + (["status"] if any(r["status"] != "complete" for r in self) else [])
+        shown = [{**r, **{k: _show_value(r.get(k)) for k in self.keys}} for r in self]
+        return summary_table(shown, label_columns=labels)
+
+    def __str__(self) -> str:
+        return self.markdown()
+
+    def csv(self) -> str:
+        from lowbit.report.tables import csv_text
+
+        return csv_text([{k: _csv_value(v) for k, v in r.items()} for r in self])
+
+    def write(self, prefix: PathLike) -> List[Path]:
+        """``PREFIX.csv`` and ``PREFIX.md`` (folders made as needed); returns both paths."""
+        prefix = Path(prefix)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        paths = [prefix.with_name(prefix.name + ".csv"), prefix.with_name(prefix.name + ".md")]
+        atomic_write_text(paths[0], self.csv())
+        atomic_write_text(paths[1], self.markdown() + "\n")
+        return paths
+
+    def frame(self) -> Any:
+        """The rows as a ``pandas.DataFrame`` (pandas is not a lowbit dependency: pip install pandas)."""
+        try:
+            import pandas
+        except ImportError as error:
+            raise ImportError("SweepTable.frame() needs pandas: pip install pandas (or use the rows, a list of dicts)") from error
+        return pandas.DataFrame(list(self))
+
+
+def varied_keys(configs: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The dotted config keys whose values differ across ``configs`` (bookkeeping keys left out), in config order."""
+    from lowbit.config import flatten_dotted
+
+    flats = [flatten_dotted(c) for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    missing = object()
+    return [k for k in keys if not is_bookkeeping_key(k) and len({repr(f.get(k, missing)) for f in flats}) > 1]
+
+
+def sweep_table(run_dirs: Iterable[PathLike], keys: Optional[Sequence[str]] = None) -> SweepTable:
+    """The notes' sweep table over training runs: one row per run, sorted by the label ``keys``.
+
+    ``keys``: dotted config keys to label (and sort) the rows by; None: the keys whose values differ
+    across the runs (:func:`varied_keys`). Each row: ``run`` (the directory's name), the keys, ``status``,
+    the :func:`run_summary` figures (means of the last ``run.summary_last_n`` epochs, best and final test
+    accuracy, wall time, size) and ``path``. Rows with equal keys keep the order of the run names.
 
     >>> print(sweep_table(sorted(Path("runs").glob("xnor-resnet18-*"))))  # doctest: +SKIP
+    >>> sweep_table(run_dirs).write("results/xnor")   # results/xnor.csv and results/xnor.md  # doctest: +SKIP
     """
-    rows = []
+    from lowbit.report.tables import sort_key
+
+    summaries = []
     for run_dir in run_dirs:
-        row = run_summary(run_dir)
-        for key in keys:
-            row[key] = _get(row["config"], key)
+        run_dir = Path(run_dir)
+        if not (run_dir / "metrics.csv").is_file():
+            raise FileNotFoundError(f"{str(run_dir)!r} has no metrics.csv: not a `lowbit train` run directory, or no epoch finished yet")
+        summaries.append((run_dir, run_summary(run_dir)))
+    keys = list(keys) if keys is not None else varied_keys([s["config"] for _, s in summaries])
+    rows = []
+    for run_dir, summary in summaries:
+        row: Dict[str, Any] = {"run": run_dir.name, **{k: _get(summary["config"], k) for k in keys}}
+        row["status"] = run_status(run_dir, summary["epochs"], summary["config"])
+        row.update({k: summary.get(k) for k in _TABLE_VALUES})
+        row["path"] = str(run_dir)
         rows.append(row)
-    return summary_table(rows, label_columns=list(keys))
+    rows.sort(key=lambda r: (tuple(sort_key(r[k]) for k in keys), r["run"]))
+    return SweepTable(rows, keys)
+
+
+def _show_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "–" if value is None else str(_csv_value(value))
+
+
+def _csv_value(value: Any) -> Any:
+    """Lists and mappings as YAML flow text (``[0.5, 0.75]``) in a CSV cell; other values as they are."""
+    if isinstance(value, (list, tuple, dict)):
+        import yaml
+
+        return yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
+    return value
 
 
 def plot_curves(records: Sequence[Mapping[str, Any]], plots_dir: PathLike) -> List[Path]:
@@ -216,7 +347,11 @@ def write_train_report(run_dir: PathLike) -> Path:
     config, meta = row["config"], _read_yaml(run_dir / "meta.yaml")
     plot_curves(records, run_dir / "plots")
     total = _get(config, "run.epochs")
-    status = "complete" if total is None or row["epochs"] >= total else f"stopped after {row['epochs']} of {total} epochs"
+    status = run_status(run_dir, row["epochs"], config)
+    early = read_stop_record(run_dir) if status.startswith("stopped early") else None
+    if early is not None:
+        status += (f" by the epoch callback (`train(on_epoch=...)`): {early.get('reason')}; the checkpoint is kept, "
+                   f"`lowbit train --resume {run_dir}` trains the remaining epochs")
 
     recipe = [
         ("model", _get(config, "model.name")),
@@ -309,24 +444,16 @@ def precision_label(quant: Optional[Mapping[str, Any]]) -> str:
     return f"{label}, G {quant.get('g_rounding', defaults['g_rounding'])}"
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(config: Mapping[str, Any], baseline: Mapping[str, Any]) -> List[str]:
     """The dotted keys (besides ``quant`` and bookkeeping such as ``run.name``) whose values differ."""
-    a, b = _flatten(config), _flatten(baseline)
+    from lowbit.config import flatten_dotted
+
+    a, b = flatten_dotted(config), flatten_dotted(baseline)
     keys = sorted(set(a) | set(b))
     return [
         k
         for k in keys
-        if k != "quant" and not k.startswith("quant.") and k not in _BOOKKEEPING_KEYS and a.get(k) != b.get(k)
+        if k != "quant" and not k.startswith("quant.") and not is_bookkeeping_key(k) and a.get(k) != b.get(k)
     ]
 
 
@@ -579,11 +706,16 @@ def _lowbit_sections(run_dir: Path, config: Mapping[str, Any]) -> List[str]:
 __all__ = [
     "GRAD_HIST_FILE",
     "GRAD_STATS_FILE",
+    "STOP_FILE",
     "STORAGE_FILE",
+    "SweepTable",
     "config_differences",
+    "is_bookkeeping_key",
     "param_size_mb",
     "precision_label",
     "read_stats",
+    "read_stop_record",
+    "run_status",
     "shape_table",
     "stats_over_training",
     "zero_fraction_table",
@@ -592,5 +724,7 @@ __all__ = [
     "summarize",
     "summary_table",
     "sweep_table",
+    "varied_keys",
+    "write_stop_record",
     "write_train_report",
 ]
