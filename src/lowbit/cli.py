@@ -25,7 +25,7 @@ from lowbit.plugins import import_plugins, load_entry_point_plugins
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
     "probe": ("lowbit.probe.cli", "gradient-quality laboratory: STE vs NES vs CDG vs DG on the teacher-student toy"),
-    "train": ("lowbit.train.cli", "train a zoo model on CIFAR-10/100, MNIST or digits from a config"),
+    "train": ("lowbit.train.cli", "train a zoo model on CIFAR-10/100, Fashion-MNIST, MNIST or digits from a config"),
     "analyze": ("lowbit.analysis.cli", "BatchNorm smoothness, 2-D loss landscapes, attributions, weight pictures"),
     "sweep": ("lowbit.sweep.cli", "run a grid of train, probe or analyze runs on local workers or a Ray cluster, with cross-run tables"),
     "report": ("lowbit.report.cli", "rebuild report.md and plots of a run directory from its records"),
