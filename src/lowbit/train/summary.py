@@ -38,7 +38,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from lowbit.config import read_yaml_or_empty
+from lowbit.config import get_dotted, read_yaml_or_empty
 from lowbit.provenance import describe_code
 from lowbit.runs import atomic_write_text, read_records, reproduce_command
 
@@ -149,21 +149,12 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return read_yaml_or_empty(path)  # bounded, safe YAML; {} when missing
 
 
-def _get(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def run_summary(run_dir: PathLike, last_n: Optional[int] = None) -> Dict[str, Any]:
     """``summarize`` of a run directory, with its parameter size and config."""
     run_dir = Path(run_dir)
     config = _read_yaml(run_dir / "config.yaml")
     model = _read_yaml(run_dir / "model.yaml")
-    n = last_n or _get(config, "run.summary_last_n") or 10
+    n = last_n or get_dotted(config, "run.summary_last_n") or 10
     row = summarize(read_records(run_dir / "metrics.csv"), n)
     row["param_mb"] = param_size_mb(model["param_bytes"]) if "param_bytes" in model else None
     row["config"] = config
@@ -191,7 +182,7 @@ def read_stop_record(run_dir: PathLike) -> Optional[Dict[str, Any]]:
 
 def run_status(run_dir: PathLike, epochs_done: int, config: Mapping[str, Any]) -> str:
     """``complete``, ``stopped early after k of N epochs`` (on_epoch) or ``stopped after k of N epochs``."""
-    total = _get(config, "run.epochs")
+    total = get_dotted(config, "run.epochs")
     if total is None or epochs_done >= total:
         return "complete"
     early = read_stop_record(run_dir)
@@ -280,7 +271,7 @@ def sweep_table(run_dirs: Iterable[PathLike], keys: Optional[Sequence[str]] = No
     keys = list(keys) if keys is not None else varied_keys([s["config"] for _, s in summaries])
     rows = []
     for run_dir, summary in summaries:
-        row: Dict[str, Any] = {"run": run_dir.name, **{k: _get(summary["config"], k) for k in keys}}
+        row: Dict[str, Any] = {"run": run_dir.name, **{k: get_dotted(summary["config"], k) for k in keys}}
         row["status"] = run_status(run_dir, summary["epochs"], summary["config"])
         row.update({k: summary.get(k) for k in _TABLE_VALUES})
         row["path"] = str(run_dir)
@@ -346,7 +337,7 @@ def write_train_report(run_dir: PathLike) -> Path:
     row = run_summary(run_dir)
     config, meta = row["config"], _read_yaml(run_dir / "meta.yaml")
     plot_curves(records, run_dir / "plots")
-    total = _get(config, "run.epochs")
+    total = get_dotted(config, "run.epochs")
     status = run_status(run_dir, row["epochs"], config)
     early = read_stop_record(run_dir) if status.startswith("stopped early") else None
     if early is not None:
@@ -354,18 +345,18 @@ def write_train_report(run_dir: PathLike) -> Path:
                    f"`lowbit train --resume {run_dir}` trains the remaining epochs")
 
     recipe = [
-        ("model", _get(config, "model.name")),
-        ("dataset", _get(config, "data.dataset")),
+        ("model", get_dotted(config, "model.name")),
+        ("dataset", get_dotted(config, "data.dataset")),
         ("epochs", total),
-        ("batch size", _get(config, "data.batch_size")),
-        ("optimizer", _get(config, "optim.name")),
-        ("lr", _get(config, "optim.lr")),
-        ("weight decay", _get(config, "optim.weight_decay")),
-        ("schedule", _get(config, "schedule.name")),
-        ("loss", _get(config, "loss.name")),
-        ("seed", _get(config, "run.seed")),
+        ("batch size", get_dotted(config, "data.batch_size")),
+        ("optimizer", get_dotted(config, "optim.name")),
+        ("lr", get_dotted(config, "optim.lr")),
+        ("weight decay", get_dotted(config, "optim.weight_decay")),
+        ("schedule", get_dotted(config, "schedule.name")),
+        ("loss", get_dotted(config, "loss.name")),
+        ("seed", get_dotted(config, "run.seed")),
     ]
-    model_cfg = _get(config, "model") or {}
+    model_cfg = get_dotted(config, "model") or {}
     extras = {k: v for k, v in model_cfg.items() if k not in ("name", "kwargs") and v not in (None, False)}
     extras.update(model_cfg.get("kwargs") or {})
     baseline = _baseline_section(run_dir, row, config)
@@ -459,7 +450,7 @@ def config_differences(config: Mapping[str, Any], baseline: Mapping[str, Any]) -
 
 def _baseline_section(run_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any]) -> List[str]:
     """``## Against the baseline``: this run and ``run.baseline`` in one summary table, and the difference."""
-    name = _get(config, "run.baseline")
+    name = get_dotted(config, "run.baseline")
     if not name:
         return []
     lines = ["## Against the baseline", ""]
@@ -470,19 +461,19 @@ def _baseline_section(run_dir: Path, row: Mapping[str, Any], config: Mapping[str
         return lines + [f"Baseline `{name}`{where}: not shown, {why}. Rebuild with `lowbit report {run_dir}`.", ""]
     base = run_summary(path)
     base_config = base["config"]
-    this_label, base_label = precision_label(_get(config, "quant")), precision_label(_get(base_config, "quant"))
+    this_label, base_label = precision_label(get_dotted(config, "quant")), precision_label(get_dotted(base_config, "quant"))
     rows = [
         {**row, "run": f"this run `{run_dir.name}`", "W-A-G-E": this_label},
         {**base, "run": f"baseline `{path.name}`", "W-A-G-E": base_label},
     ]
     delta = 100 * (row["final_test_acc"] - base["final_test_acc"])
     delta_mean = 100 * (row["test_acc"] - base["test_acc"])
-    total = _get(base_config, "run.epochs")
+    total = get_dotted(base_config, "run.epochs")
     done = total is None or base["epochs"] >= total
     base_status = "complete" if done else f"stopped after {base['epochs']} of {total} epochs"
     differences = config_differences(config, base_config)
     if differences:
-        listed = ", ".join(f"`{k}` ({_get(base_config, k)!r} -> {_get(config, k)!r})" for k in differences)
+        listed = ", ".join(f"`{k}` ({get_dotted(base_config, k)!r} -> {get_dotted(config, k)!r})" for k in differences)
         same = f"Besides `quant:`, the configs differ in {listed}: the difference is not only the quantization."
     else:
         same = "Besides `quant:` the configs are the same (seed, data, model, optimizer, schedule, epochs)."
@@ -626,7 +617,7 @@ def _lowbit_sections(run_dir: Path, config: Mapping[str, Any]) -> List[str]:
     records = read_stats(stats_path) if stats_path.is_file() else []
     if not storage and not records:
         return []
-    quant = _get(config, "quant")
+    quant = get_dotted(config, "quant")
     lines = ["## Low-bit training" if quant else "## Gradient statistics", ""]
     if quant:
         section = ", ".join(f"{k}: {v}" for k, v in quant.items())
@@ -649,7 +640,7 @@ def _lowbit_sections(run_dir: Path, config: Mapping[str, Any]) -> List[str]:
     layers = _layer_order(records, storage)
     kinds = [k for k in ("G", "E") if any(r["kind"] == k for r in records)]
     steps = sorted({int(r["step"]) for r in records})
-    every = _get(config, "run.grad_stats_every")
+    every = get_dotted(config, "run.grad_stats_every")
     if every is None:  # unset: the default of a run with quant:
         from lowbit.train.config import DEFAULT_GRAD_STATS_EVERY
 
