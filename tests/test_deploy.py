@@ -366,3 +366,16 @@ def test_fallback_when_no_compiler(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fallback ok" in result.stdout
+
+
+def test_an_input_smaller_than_the_conv_window_is_refused_at_every_call():
+    from lowbit.deploy import PackedBinaryConv2d
+    from lowbit.nn import BinaryConv2d
+
+    layer = PackedBinaryConv2d(BinaryConv2d(8, 8, 5, padding=0).eval())
+    assert layer(torch.randn(1, 8, 5, 5)).shape == (1, 8, 1, 1)
+    for _ in range(2):  # the size check is cached with the padding correction: it must not be skipped the second time
+        with pytest.raises(ValueError, match="input 4x4 is smaller than the conv window"):
+            layer(torch.randn(1, 8, 4, 4))
+    with pytest.raises(ValueError, match=r"expected input \(N, 8, H, W\)"):
+        layer(torch.randn(1, 3, 8, 8))

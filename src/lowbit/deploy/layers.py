@@ -18,7 +18,7 @@ of the consumer (a linear layer's input is (N, 1, 1, 1, Wg)).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -109,7 +109,7 @@ class _PackedBinaryLayer(nn.Module):
             self._panel = torch.nn.functional.pad(words, (0, padded - c_per_group)).contiguous()
         return self._panel
 
-    def _run(self, bits: torch.Tensor, geometry: Tuple[int, ...], correction: Optional[torch.Tensor]) -> torch.Tensor:
+    def _run(self, bits: torch.Tensor, geometry: Sequence[int], correction: Optional[torch.Tensor]) -> torch.Tensor:
         """Bits (N, H, W, G, Wg) -> float (N, C_out, H', W') or bits (N, H', W', G', Wg')."""
         n = self.out_channels // self.groups
         if self.output_bits:
@@ -149,23 +149,28 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         self._init_stage(layer, signs, alpha, layer.groups, input_is_bits, out_bn, out_groups)
         if self.padding != (0, 0):
             self.register_buffer("tap_sums", signs.sum(dim=1).round().to(torch.int32))  # (C_out, k_h, k_w)
-        self._corrections: Dict[Tuple[int, int], torch.Tensor] = {}
+        self._geometry = [*self.kernel_size, *self.stride, *self.padding, *self.dilation]
+        self._corrections: Dict[Tuple[int, int], Optional[torch.Tensor]] = {}  # per input size, checked once
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._corrections = {}
 
     def correction(self, size: Tuple[int, int]) -> Optional[torch.Tensor]:
-        """(H' W', C_out) int32 padding correction for input size ``size`` (cached), None without padding."""
-        if self.padding == (0, 0):
-            return None
+        """(H' W', C_out) int32 padding correction for input size ``size`` (cached), None without padding.
+
+        The first call for a size also checks that the conv window fits the input.
+        """
         if size not in self._corrections:
-            self._corrections[size] = padding_correction(
+            if min(conv_output_size(size, self.kernel_size, self.stride, self.padding, self.dilation)) <= 0:
+                raise ValueError(f"input {size[0]}x{size[1]} is smaller than the conv window of {self.extra_repr()}")
+            self._corrections[size] = None if self.padding == (0, 0) else padding_correction(
                 self.tap_sums, size, self.groups, self.kernel_size, self.stride, self.padding, self.dilation
             )
         return self._corrections[size]
 
-    @torch.no_grad()
+    # No torch.no_grad(): the kernels record no autograd graph (their inputs are bits and buffers), and the
+    # context manager would cost a tenth of a small layer's time.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_is_bits:
             bits = x  # (N, H, W, G, Wg)
@@ -173,11 +178,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
             if x.dim() != 4 or x.shape[1] != self.in_channels:
                 raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
             bits = kernels.pack_signs(x, self.groups)
-        h, w = bits.shape[1:3]
-        if min(conv_output_size((h, w), self.kernel_size, self.stride, self.padding, self.dilation)) <= 0:
-            raise ValueError(f"input {h}x{w} is smaller than the conv window of {self.extra_repr()}")
-        geometry = (*self.kernel_size, *self.stride, *self.padding, *self.dilation)
-        return self._run(bits, geometry, self.correction((h, w)))
+        return self._run(bits, self._geometry, self.correction((bits.shape[1], bits.shape[2])))
 
     def extra_repr(self) -> str:
         out = f"bits, {self.out_groups} group(s)" if self.output_bits else "float"
