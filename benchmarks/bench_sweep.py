@@ -1,9 +1,10 @@
 """Sweep overhead: a sweep's cells against the same runs typed by hand one after another.
 
-    python benchmarks/bench_sweep.py [--cells 4] [--epochs 40] [--write-md]
+    python benchmarks/bench_sweep.py [--cells 4] [--epochs 220] [--write-md]
 
 The cells are single-threaded digits trainings (LeNet-5, ``run.threads=1``,
-about 30 s each on an idle 2-core AMD EPYC at the default 40 epochs). Measured
+about 29 s each on an idle 2-core AMD EPYC at the default 220 epochs: the
+issue's targets are for cells of >= 30 s). Measured
 side by side in one run, wall time:
 
 - **by hand**: ``lowbit train CONFIG key=value`` as one process per cell, one after another;
@@ -105,7 +106,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=220)
     parser.add_argument("--write-md", action="store_true", help="write the table into BENCHMARKS.md")
     args = parser.parse_args()
     load_before = os.getloadavg()
