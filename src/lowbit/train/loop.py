@@ -584,7 +584,8 @@ def _train(
             grad_probe = GradProbe(cfg.probe, setup, cfg.run.seed)  # checks the probed layers
         model, optimizer = setup.model, setup.optimizer
         forward = model if rank is None else _ddp(model, dev)  # DDP averages the gradients over ranks
-        flips = flip_ratio_for(model, cfg.run.flip_ratio)  # None for a float model (lowbit.train.flips)
+        binary_later = setup.distiller is not None and bool(setup.distiller.stage2_layers)  # Real-to-Binary's stage 2
+        flips = flip_ratio_for(model, cfg.run.flip_ratio, binary_later)  # None for a float model (lowbit.train.flips)
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
         generators = {"data": data_gen, "augment": aug_gen}
@@ -640,10 +641,11 @@ def _train(
             history = list(state["metrics"])
             restore_rng(state["rng"], generators)
             _restore_quantizer_schedules(model, state.get("quantizer_schedules", {}))
-            if flips is not None:
-                flips.load_state_dict(state.get("flip_ratio"))
             if setup.distiller is not None:
                 setup.distiller.load_state_dict(state.get("distill"), model)
+            if flips is not None:
+                flips.track_new_layers()  # the layers a restored stage 2 made binary
+                flips.load_state_dict(state.get("flip_ratio"))
             if main:
                 _rewrite_metrics(run_dir / METRICS_FILE, history)
                 _keep_grad_stats_before(run_dir, step)
@@ -722,6 +724,8 @@ def _train(
                         sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
                     if setup.distiller is not None:
                         setup.distiller.on_epoch_start(epoch, model)  # Real-to-Binary's stage 2, when due
+                        if flips is not None:
+                            flips.track_new_layers()  # stage 2's binarised layers, from their first binary step
                     model.train()
                     t0 = time.perf_counter()
                     bar = tqdm(
