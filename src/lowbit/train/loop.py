@@ -187,20 +187,26 @@ def check_config(config: TrainConfig) -> None:
 
 
 def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
-    """For sparsity-tracking optimizers (DessiLBI): the fraction of zero Γ per layer, and overall.
+    """For sparsity-tracking optimizers (DessiLBI, also as a case of ``optim.groups``): the fraction of zero Γ.
 
     Columns ``gamma_sparsity/<layer>``, ``gamma_sparsity`` (zero Γ entries over all
     registered entries) and ``residue`` of metrics.csv: the epoch-by-epoch sparsity path.
     """
-    if not hasattr(optimizer, "named_gammas"):
+    cases = getattr(optimizer, "optimizers", None)  # a CaseOptimizer (optim.groups): its DessiLBI cases
+    tracking = [o for o in (cases.values() if isinstance(cases, dict) else [optimizer]) if hasattr(o, "named_gammas")]
+    if not tracking:
         return {}
-    columns = {f"gamma_sparsity/{name}": value for name, value in optimizer.sparsity(by="entry").items()}
+    columns: Dict[str, float] = {}
     zeros = total = 0
-    for _, _, gamma in optimizer.named_gammas():
-        zeros += int((gamma == 0).sum())
-        total += gamma.numel()
+    residue = 0.0
+    for inner in tracking:
+        columns.update({f"gamma_sparsity/{name}": value for name, value in inner.sparsity(by="entry").items()})
+        for _, _, gamma in inner.named_gammas():
+            zeros += int((gamma == 0).sum())
+            total += gamma.numel()
+        residue += sum(inner.residue().values())  # Σ_l ‖W_l − Γ_l‖² / 2μ
     columns["gamma_sparsity"] = zeros / total if total else float("nan")
-    columns["residue"] = sum(optimizer.residue().values())  # Σ_l ‖W_l − Γ_l‖² / 2μ
+    columns["residue"] = residue
     return columns
 
 
