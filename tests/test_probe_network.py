@@ -19,7 +19,7 @@ from lowbit.probe.network import NetworkConfig, NetworkTask
 from lowbit.probe.runner import prepare, run_grid
 from lowbit.estimators.ste_stats import gradient_statistics, ste_statistics_records
 from lowbit.estimators.subset import subset_cosine, subset_inner
-from lowbit.report import write_probe_report
+from lowbit.probe.report import write_probe_report
 from lowbit.runs import read_records, write_run_files
 
 

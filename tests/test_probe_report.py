@@ -192,7 +192,7 @@ def test_one_normalised_difference_figure_for_every_condition(tmp_path, monkeypa
 @pytest.mark.parametrize("keys", [["act"], ["act", "batch_size"]])
 def test_condition_tick_labels_do_not_overlap(tmp_path, monkeypatch, keys):
     """The conditions of configs/probe-act-precision.yaml (and a two-key sweep) as bar categories."""
-    from lowbit.report.probe_report import _colour_map, _plot_cosine_by_condition
+    from lowbit.probe.report import _colour_map, _plot_cosine_by_condition
 
     spy = FigureSpy(monkeypatch)
     rows = [

@@ -12,7 +12,7 @@ from lowbit.config import ConfigError, from_dict, load_config
 from lowbit.probe.config import ProbeConfig, expand_estimators
 from lowbit.probe.measure import cosine, lr_grid, normalize_direction, normalized_difference
 from lowbit.probe.runner import iter_units, prepare, run_grid, unit_id
-from lowbit.report import write_probe_report
+from lowbit.probe.report import write_probe_report
 from lowbit.runs import read_records, write_run_files
 
 TINY = {

@@ -28,7 +28,7 @@ SUBCOMMANDS = {
     "train": ("lowbit.train.cli", "train a zoo model on CIFAR-10/100, Fashion-MNIST, MNIST or digits from a config"),
     "analyze": ("lowbit.analysis.cli", "BatchNorm smoothness, 2-D loss landscapes, attributions, weight pictures"),
     "sweep": ("lowbit.sweep.cli", "run a grid of train, probe or analyze runs on local workers or a Ray cluster, with cross-run tables"),
-    "report": ("lowbit.report.cli", "rebuild report.md and plots of a run directory from its records"),
+    "report": ("lowbit.report_command", "rebuild report.md and plots of a run directory from its records"),
     "table": ("lowbit.train.table_cli", "the summary table over training runs, sorted by the keys that differ; CSV and Markdown"),
     "configs": ("lowbit.config_catalog", "list the built-in configs (run any of them by name), or print one"),
     "models": ("lowbit.models.cli", "table of every model: parameters, size, precision, MACs"),

@@ -13,6 +13,7 @@ from lowbit.probe.config import ProbeConfig, expand_estimators
 from lowbit.estimators.layers import probe_layers
 from lowbit.probe.network import NetworkConfig, NetworkTask
 from lowbit.probe.measure import cosine, cosine_per_layer, lr_grid, normalize_direction, normalized_difference
+from lowbit.probe.report import write_probe_report
 from lowbit.probe.runner import prepare, run_grid
 from lowbit.probe.toy import ToyObjective, ToyTask
 
@@ -31,4 +32,5 @@ __all__ = [
     "prepare",
     "probe_layers",
     "run_grid",
+    "write_probe_report",
 ]

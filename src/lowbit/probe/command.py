@@ -76,7 +76,7 @@ def run_probe(
         StorageError: a file could not be written (disk full, read-only); the run is resumable.
         ProbeInterrupted: Ctrl-C or SIGTERM; finished units are kept.
     """
-    from lowbit.report import write_probe_report
+    from lowbit.probe.report import write_probe_report
 
     if resume is not None:
         run_dir = open_resumed_run(resume, config, run_dir, "probe")

@@ -28,7 +28,7 @@ RECORDS = "records.csv"
 
 def merge_probe_cells(spec: SweepSpec, cells: Sequence[Any], sweep_dir: Path) -> List[Tuple[Path, int, int]]:
     """Write ``merged/`` (one folder per unsplit probe); return (folder, cells merged, cells in all) for each."""
-    from lowbit.report import write_probe_report
+    from lowbit.probe.report import write_probe_report
 
     split = {PROBE_AXES.get(name, name) for name in spec.split}
     groups: Dict[str, List[Any]] = {}
