@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from lowbit import plugins
-from lowbit.cli import main
+from lowbit.cli import SUBCOMMANDS, main
 from lowbit.runs import read_records
 
 PLUGIN = "lowbit_test_plugin"
@@ -175,6 +175,40 @@ def test_a_module_that_fails_to_import_is_one_line_before_any_run_directory(args
         assert word in err, err
     assert not (tmp_path / "runs").exists()
     assert "broken_plugin" not in sys.modules
+
+
+# the arguments each command needs to get past argparse (a run directory, a sweep spec); the rest take none
+NEEDED_ARGS = {"analyze": ["landscape"], "sweep": ["SPEC"], "report": ["RUN"], "table": ["RUN"], "export": ["RUN"]}
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_import_before_the_command_is_imported_first_for_every_command(command, tmp_path, monkeypatch, capsys):
+    """``lowbit --import M COMMAND``: the same import, before anything of the command, as ``lowbit COMMAND --import M``."""
+    monkeypatch.chdir(tmp_path)
+    args = [str(tmp_path / "spec.yaml") if a == "SPEC" else str(tmp_path) if a == "RUN" else a for a in NEEDED_ARGS.get(command, [])]
+    runs_flag = ["--runs-dir", str(tmp_path / "runs")] if command in ("train", "probe", "analyze", "sweep") else []
+    assert main(["--import", "no_such_module_xyz", command, *args, *runs_flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(("lowbit analyze landscape" if command == "analyze" else f"lowbit {command}") + ": error: "), err
+    assert "cannot import plugin module 'no_such_module_xyz' (--import): ModuleNotFoundError" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_imports_before_and_after_the_command_are_merged_in_order(plugin_dir, tmp_path):
+    """Both positions in one run: imported before the config is checked (its act is the plugin's), recorded
+    in config.yaml's plugins and named in the reproduce line in the order given, as the subcommand form does."""
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(TINY_PROBE))  # needs plug_tri_sign to validate
+    extra = f"{PLUGIN}_extra"
+    done = lowbit(["--import", PLUGIN, "probe", "probe.yaml", "--import", extra, "--import", PLUGIN, "--runs-dir", "runs",
+                   "--quiet"], plugin_dir, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["plugins"] == [PLUGIN, extra]
+    report = (run_dir / "report.md").read_text()
+    assert f"Reproduce: `lowbit probe --import {PLUGIN} --import {extra} runs/{run_dir.name}/config.yaml`" in report
+    labels = {r["estimator"] for r in read_records(run_dir / "records.csv", text_columns=("unit", "estimator", "layer"))}
+    assert "plug_signed_ste(surrogate=plug_tri_sign)" in labels, labels
 
 
 def test_a_model_of_user_code_is_unknown_without_the_import(plugin_dir, tmp_path, monkeypatch, capsys):
