@@ -329,13 +329,18 @@ def _install_dist(site: Path, entry_points: str, name: str = "lowbit-test-plugin
     (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
 
 
-def test_entry_points_register_in_the_cli_and_on_first_lookup(plugin_dir, tmp_path):
-    site = tmp_path / "site"
+def _install_plugin_dist(site: Path) -> Path:
+    """The test plugin as an installed distribution with two entry points: a module and a ``module:function``."""
     _install_dist(site, f"""
         [lowbit.plugins]
         models = {PLUGIN}
         wide = {PLUGIN}_extra:register
     """)
+    return site
+
+
+def test_entry_points_register_in_the_cli_and_on_first_lookup(plugin_dir, tmp_path):
+    site = _install_plugin_dist(tmp_path / "site")
     listed = lowbit(["models", "plug_mlp", "hidden=16"], plugin_dir, site, cwd=tmp_path)  # no --import
     assert listed.returncode == 0, listed.stderr
     assert "SignMLP summary" in listed.stdout and "(16,)" in listed.stdout  # hidden=16 reached the factory
@@ -358,6 +363,32 @@ def test_entry_points_register_in_the_cli_and_on_first_lookup(plugin_dir, tmp_pa
     assert out.returncode == 0, out.stderr
     assert "disabled: unknown model 'plug_mlp'" in out.stdout
     assert "wide: SignMLP" in out.stdout and "names: True True" in out.stdout
+
+
+def test_a_run_records_its_entry_point_plugins_in_meta_and_the_report_names_them(plugin_dir, tmp_path):
+    """No --import, no plugins: the probe's act and estimator come from entry points, which meta.yaml and the report name."""
+    site = _install_plugin_dist(tmp_path / "site")
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(TINY_PROBE))
+    done = lowbit(["probe", "probe.yaml", "--runs-dir", "runs", "--quiet"], plugin_dir, site, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["plugins"] == []
+    points = yaml.safe_load((run_dir / "meta.yaml").read_text())["entry_point_plugins"]
+    assert sorted(points, key=lambda p: p["name"]) == [
+        {"name": "models", "module": PLUGIN, "distribution": "lowbit-test-plugin", "version": "0.1"},
+        {"name": "wide", "module": f"{PLUGIN}_extra:register", "distribution": "lowbit-test-plugin", "version": "0.1"},
+    ]
+    report = (run_dir / "report.md").read_text()
+    assert f"`models = {PLUGIN}` (lowbit-test-plugin 0.1)" in report, report
+    assert f"`wide = {PLUGIN}_extra:register` (lowbit-test-plugin 0.1)" in report
+    assert f"Reproduce: `lowbit probe runs/{run_dir.name}/config.yaml`" in report  # they load by themselves
+
+    # a process that has looked no name up (a sweep worker whose cell names none of the plugin's) records the same
+    script = "from lowbit.runs import environment_info; print(sorted(p['name'] for p in environment_info()['entry_point_plugins']))"
+    fresh = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_env(plugin_dir, site), capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip() == "['models', 'wide']"
 
 
 def test_a_broken_entry_point_is_one_line_naming_it(plugin_dir, tmp_path, monkeypatch, capsys):
