@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from lowbit import plugins
-from lowbit.cli import main
+from lowbit.cli import SUBCOMMANDS, main
 from lowbit.runs import read_records
 
 PLUGIN = "lowbit_test_plugin"
@@ -177,6 +177,40 @@ def test_a_module_that_fails_to_import_is_one_line_before_any_run_directory(args
     assert "broken_plugin" not in sys.modules
 
 
+# the arguments each command needs to get past argparse (a run directory, a sweep spec); the rest take none
+NEEDED_ARGS = {"analyze": ["landscape"], "sweep": ["SPEC"], "report": ["RUN"], "table": ["RUN"], "export": ["RUN"]}
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_import_before_the_command_is_imported_first_for_every_command(command, tmp_path, monkeypatch, capsys):
+    """``lowbit --import M COMMAND``: the same import, before anything of the command, as ``lowbit COMMAND --import M``."""
+    monkeypatch.chdir(tmp_path)
+    args = [str(tmp_path / "spec.yaml") if a == "SPEC" else str(tmp_path) if a == "RUN" else a for a in NEEDED_ARGS.get(command, [])]
+    runs_flag = ["--runs-dir", str(tmp_path / "runs")] if command in ("train", "probe", "analyze", "sweep") else []
+    assert main(["--import", "no_such_module_xyz", command, *args, *runs_flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(("lowbit analyze landscape" if command == "analyze" else f"lowbit {command}") + ": error: "), err
+    assert "cannot import plugin module 'no_such_module_xyz' (--import): ModuleNotFoundError" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_imports_before_and_after_the_command_are_merged_in_order(plugin_dir, tmp_path):
+    """Both positions in one run: imported before the config is checked (its act is the plugin's), recorded
+    in config.yaml's plugins and named in the reproduce line in the order given, as the subcommand form does."""
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(TINY_PROBE))  # needs plug_tri_sign to validate
+    extra = f"{PLUGIN}_extra"
+    done = lowbit(["--import", PLUGIN, "probe", "probe.yaml", "--import", extra, "--import", PLUGIN, "--runs-dir", "runs",
+                   "--quiet"], plugin_dir, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["plugins"] == [PLUGIN, extra]
+    report = (run_dir / "report.md").read_text()
+    assert f"Reproduce: `lowbit probe --import {PLUGIN} --import {extra} runs/{run_dir.name}/config.yaml`" in report
+    labels = {r["estimator"] for r in read_records(run_dir / "records.csv", text_columns=("unit", "estimator", "layer"))}
+    assert "plug_signed_ste(surrogate=plug_tri_sign)" in labels, labels
+
+
 def test_a_model_of_user_code_is_unknown_without_the_import(plugin_dir, tmp_path, monkeypatch, capsys):
     """The control for the tests below: the plugin's names mean nothing until it is imported."""
     monkeypatch.syspath_prepend(str(plugin_dir))
@@ -295,13 +329,18 @@ def _install_dist(site: Path, entry_points: str, name: str = "lowbit-test-plugin
     (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
 
 
-def test_entry_points_register_in_the_cli_and_on_first_lookup(plugin_dir, tmp_path):
-    site = tmp_path / "site"
+def _install_plugin_dist(site: Path) -> Path:
+    """The test plugin as an installed distribution with two entry points: a module and a ``module:function``."""
     _install_dist(site, f"""
         [lowbit.plugins]
         models = {PLUGIN}
         wide = {PLUGIN}_extra:register
     """)
+    return site
+
+
+def test_entry_points_register_in_the_cli_and_on_first_lookup(plugin_dir, tmp_path):
+    site = _install_plugin_dist(tmp_path / "site")
     listed = lowbit(["models", "plug_mlp", "hidden=16"], plugin_dir, site, cwd=tmp_path)  # no --import
     assert listed.returncode == 0, listed.stderr
     assert "SignMLP summary" in listed.stdout and "(16,)" in listed.stdout  # hidden=16 reached the factory
@@ -324,6 +363,32 @@ def test_entry_points_register_in_the_cli_and_on_first_lookup(plugin_dir, tmp_pa
     assert out.returncode == 0, out.stderr
     assert "disabled: unknown model 'plug_mlp'" in out.stdout
     assert "wide: SignMLP" in out.stdout and "names: True True" in out.stdout
+
+
+def test_a_run_records_its_entry_point_plugins_in_meta_and_the_report_names_them(plugin_dir, tmp_path):
+    """No --import, no plugins: the probe's act and estimator come from entry points, which meta.yaml and the report name."""
+    site = _install_plugin_dist(tmp_path / "site")
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(TINY_PROBE))
+    done = lowbit(["probe", "probe.yaml", "--runs-dir", "runs", "--quiet"], plugin_dir, site, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["plugins"] == []
+    points = yaml.safe_load((run_dir / "meta.yaml").read_text())["entry_point_plugins"]
+    assert sorted(points, key=lambda p: p["name"]) == [
+        {"name": "models", "module": PLUGIN, "distribution": "lowbit-test-plugin", "version": "0.1"},
+        {"name": "wide", "module": f"{PLUGIN}_extra:register", "distribution": "lowbit-test-plugin", "version": "0.1"},
+    ]
+    report = (run_dir / "report.md").read_text()
+    assert f"`models = {PLUGIN}` (lowbit-test-plugin 0.1)" in report, report
+    assert f"`wide = {PLUGIN}_extra:register` (lowbit-test-plugin 0.1)" in report
+    assert f"Reproduce: `lowbit probe runs/{run_dir.name}/config.yaml`" in report  # they load by themselves
+
+    # a process that has looked no name up (a sweep worker whose cell names none of the plugin's) records the same
+    script = "from lowbit.runs import environment_info; print(sorted(p['name'] for p in environment_info()['entry_point_plugins']))"
+    fresh = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_env(plugin_dir, site), capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip() == "['models', 'wide']"
 
 
 def test_a_broken_entry_point_is_one_line_naming_it(plugin_dir, tmp_path, monkeypatch, capsys):

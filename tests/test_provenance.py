@@ -83,3 +83,14 @@ def test_reports_name_both_commits_and_read_old_runs():
     meta.update(workdir_commit="abc1234")  # working in lowbit's own checkout: said once
     assert describe_code(meta) == "lowbit 0.1.0 (commit abc1234)"
     assert describe_code({"lowbit": "0.1.0", "lowbit_commit": None}) == "lowbit 0.1.0"
+
+
+def test_the_code_line_names_the_entry_point_plugins_a_run_loaded():
+    meta = {"lowbit": "0.1.0", "lowbit_commit": "abc1234", "entry_point_plugins": [
+        {"name": "models", "module": "my_pkg.models", "distribution": "my-pkg", "version": "1.2"},
+        {"name": "more", "module": "my_pkg.extra:register", "distribution": None, "version": None},  # no dist metadata
+    ]}  # fmt: skip
+    assert describe_code(meta) == (
+        "lowbit 0.1.0 (commit abc1234), entry-point plugins `models = my_pkg.models` (my-pkg 1.2), `more = my_pkg.extra:register`"
+    )
+    assert describe_code({**meta, "entry_point_plugins": []}) == "lowbit 0.1.0 (commit abc1234)"  # none loaded, or turned off

@@ -4,7 +4,10 @@ Each subcommand lives in the subpackage that does the work, as a module with
 ``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up
 and turns library errors into one-line messages (exit code 2). Before a
 command runs, the plugins of installed packages (entry points) and the modules
-of ``--import`` are imported (:mod:`lowbit.plugins`).
+of ``--import`` are imported (:mod:`lowbit.plugins`). ``--import`` goes before
+the command (``lowbit --import M train ...``) or after it, with the same effect.
+lowbit's own warnings (classes defined in lowbit, e.g. records recovered after a
+crash, a surrogate that replaces nothing) print as ``lowbit CMD: warning: ...``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Optional, Sequence
 import lowbit
 from lowbit.cli_args import IntermixedParser
 from lowbit.files import storage_error
-from lowbit.plugins import import_plugins, load_entry_point_plugins
+from lowbit.plugins import import_plugins, load_entry_point_plugins, merge_plugins
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
@@ -42,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Toolkit for binary and low-bit neural network research.",
     )
     parser.add_argument("--version", action="version", version=f"lowbit {lowbit.__version__}")
+    _add_import_flag(parser, dest="leading_imports")  # `lowbit --import M COMMAND`: merged into the command's in main()
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -67,10 +71,15 @@ def _add_common_flags(parser: argparse.ArgumentParser) -> None:
             return
     if not any("--debug" in a.option_strings for a in parser._actions):
         parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    _add_import_flag(parser, dest="imports")
+
+
+def _add_import_flag(parser: argparse.ArgumentParser, dest: str) -> None:
+    # Two dests: a subcommand's default [] would overwrite the top level's value under one name.
     parser.add_argument(
-        "--import", dest="imports", action="append", default=[], metavar="MODULE",
-        help="import this Python module first (repeatable): models, quantizers and estimators it registers can be "
-        "named in the config; a run records it in its config's plugins (docs/api.md)",
+        "--import", dest=dest, action="append", default=[], metavar="MODULE",
+        help="import this Python module first (repeatable; before or after the command): models, quantizers and "
+        "estimators it registers can be named in the config; a run records it in its config's plugins (docs/api.md)",
     )  # fmt: skip
 
 
@@ -83,11 +92,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "_missing", False):
         parser.error(f"subcommand {args.command!r} is not available in this installation")
     module = importlib.import_module(args._module)
+    args.imports = merge_plugins(args.leading_imports, args.imports)  # the commands read args.imports alone
     debug = getattr(args, "debug", False)
+    words = " ".join(filter(None, [args.command, getattr(args, "analysis", None)]))
     try:
         load_entry_point_plugins()  # installed plugin packages; a broken one is one line, before any work
         import_plugins(args.imports, "--import")
-        with _one_line_warnings(args.command):
+        with _one_line_warnings(words):
             return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -95,7 +106,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # noqa: BLE001 - every error becomes one message (tracebacks with --debug)
         if debug:
             raise
-        words = " ".join(filter(None, [args.command, getattr(args, "analysis", None)]))
         print(f"lowbit {words}: error: {error_message(error, words)}", file=sys.stderr)
         return 2
 
@@ -126,16 +136,29 @@ def error_message(error: BaseException, command: str) -> str:
     return f"internal error ({detail}); rerun with --debug for the traceback and report it"
 
 
+def is_lowbit_warning(category: type) -> bool:
+    """A warning class of lowbit's own (``RecordsRecovered``, ``SurrogateUnusedWarning``, ``DeadSignWarning``, ...).
+
+    These are messages to the user that already name the problem and the fix;
+    Python's own and other libraries' warnings (DeprecationWarning, torch's) are
+    for the developer and keep Python's format with file and line.
+    """
+    return category.__module__.split(".")[0] == "lowbit"
+
+
 @contextlib.contextmanager
 def _one_line_warnings(command: str):
-    """lowbit's own warnings (e.g. records recovered after a crash) as ``lowbit CMD: warning: ...`` lines."""
-    from lowbit.runs import RecordsRecovered
+    """lowbit's own warnings (:func:`is_lowbit_warning`) as ``lowbit CMD: warning: ...`` lines; others as Python shows them.
 
+    Only while a ``lowbit`` command runs: from Python the warnings keep their
+    classes and format (``pytest.warns``, ``warnings.simplefilter`` work as usual).
+    """
     previous = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
-        if issubclass(category, RecordsRecovered):
-            print(f"lowbit {command}: warning: {message}", file=sys.stderr)
+        if is_lowbit_warning(category):
+            text = " ".join(str(message).split())  # one line, whatever the message holds
+            print(f"lowbit {command}: warning: {text}", file=sys.stderr)
         else:
             previous(message, category, filename, lineno, file, line)
 

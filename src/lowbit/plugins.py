@@ -22,9 +22,14 @@ have it imported (docs/api.md, "Your own code from the command line"):
 
   Entry points are loaded once per process: at the start of every ``lowbit``
   command (so a broken one is an error before any work) and, from Python, the
-  first time a registry lookup misses a name or lists its names (so worker
-  processes and Ray tasks find them too). ``LOWBIT_DISABLE_PLUGIN_AUTOLOAD=1``
-  turns entry points off (``--import`` and ``plugins:`` still work).
+  first time a registry lookup misses a name or lists its names, or a run
+  writes its ``meta.yaml`` (so worker processes and Ray tasks find them too).
+  ``LOWBIT_DISABLE_PLUGIN_AUTOLOAD=1`` turns entry points off (``--import``
+  and ``plugins:`` still work). A run records the entry points loaded
+  (:func:`entry_point_plugins`) in its ``meta.yaml`` and its report's code
+  line names them (:mod:`lowbit.provenance`): they are not ``--import`` flags
+  of the reproduce line, since where the distribution is installed they load
+  by themselves.
 
 A module that cannot be imported is one :class:`PluginImportError` line naming
 the module and the exception, raised before any run directory is made.
@@ -39,13 +44,14 @@ import importlib
 import os
 import re
 import types
-from typing import Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 ENTRY_POINT_GROUP = "lowbit.plugins"
 DISABLE_ENV = "LOWBIT_DISABLE_PLUGIN_AUTOLOAD"
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _entry_points_loaded = False
+_loaded_points: List[Dict[str, Optional[str]]] = []  # what load_entry_point_plugins loaded, in order
 
 
 class PluginImportError(ValueError):
@@ -96,6 +102,7 @@ def load_entry_point_plugins() -> List[str]:
     if _entry_points_loaded or os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return []
     _entry_points_loaded = True  # first: a plugin that looks a name up while it loads does not recurse
+    _loaded_points.clear()
     from importlib.metadata import entry_points
 
     loaded: List[str] = []
@@ -104,7 +111,10 @@ def load_entry_point_plugins() -> List[str]:
         if (point.name, point.value) in seen:  # the same distribution found twice on sys.path
             continue
         seen.add((point.name, point.value))
-        where = f"entry point {point.name} = {point.value} of {_distribution(point)} (group {ENTRY_POINT_GROUP})"
+        record = _describe_point(point)
+        where = (f"entry point {point.name} = {point.value} of "
+                 + (f"{record['distribution']} {record['version']}" if record["distribution"] else "an installed package")
+                 + f" (group {ENTRY_POINT_GROUP})")  # fmt: skip
         try:
             target = point.load()
             if callable(target) and not isinstance(target, types.ModuleType):
@@ -115,12 +125,32 @@ def load_entry_point_plugins() -> List[str]:
                 f"or set {DISABLE_ENV}=1 to skip entry points"
             ) from error
         loaded.append(f"{point.name} = {point.value}")
+        _loaded_points.append(record)
     return loaded
 
 
-def _distribution(point) -> str:  # noqa: ANN001 - importlib.metadata.EntryPoint
+def entry_point_plugins() -> List[Dict[str, Optional[str]]]:
+    """The entry points this process loaded, loading them first if no command or lookup has yet.
+
+    One ``{name, module, distribution, version}`` per entry point (``module``
+    as the entry point names it, ``module`` or ``module:function``), in load
+    order: what a run's ``meta.yaml`` records. Loading here makes every run
+    record the same list whichever process writes it (the ``lowbit`` command,
+    a sweep worker, a Ray task); empty when none is installed or
+    ``LOWBIT_DISABLE_PLUGIN_AUTOLOAD`` turned them off.
+    """
+    load_entry_point_plugins()
+    return [dict(point) for point in _loaded_points]
+
+
+def _describe_point(point) -> Dict[str, Optional[str]]:  # noqa: ANN001 - importlib.metadata.EntryPoint
     dist = getattr(point, "dist", None)
-    return f"{dist.metadata['Name']} {dist.version}" if dist is not None else "an installed package"
+    return {
+        "name": point.name,
+        "module": point.value,  # module, or module:function
+        "distribution": dist.metadata["Name"] if dist is not None else None,
+        "version": dist.version if dist is not None else None,
+    }
 
 
 def _first_line(error: BaseException) -> str:
@@ -132,6 +162,7 @@ __all__ = [
     "DISABLE_ENV",
     "ENTRY_POINT_GROUP",
     "PluginImportError",
+    "entry_point_plugins",
     "import_flags",
     "import_plugins",
     "load_entry_point_plugins",

@@ -13,6 +13,13 @@ different questions:
   ``lowbit`` version says which release it is.
 - ``workdir_repo`` / ``workdir_commit``: the git repository of the working
   directory, if any: the user's own code and configs (plugins, edited recipes).
+
+Beside them, ``entry_point_plugins``: the ``lowbit.plugins`` entry points of
+installed distributions that were loaded (name, module, distribution,
+version; :func:`lowbit.plugins.entry_point_plugins`). Unlike ``--import`` and
+``plugins:`` they are in no config, since they load wherever their
+distribution is installed; the report's code line names them so that a reader
+knows which to install.
 """
 
 from __future__ import annotations
@@ -22,18 +29,21 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from lowbit.plugins import entry_point_plugins
+
 GIT_TIMEOUT_S = 5
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def code_provenance(workdir: Optional[Path] = None) -> Dict[str, Any]:
-    """``{lowbit_commit, workdir_repo, workdir_commit}`` for meta.yaml (None where there is none)."""
+    """``{lowbit_commit, workdir_repo, workdir_commit, entry_point_plugins}`` for meta.yaml (None where there is none)."""
     workdir = Path.cwd() if workdir is None else Path(workdir)
     repo = _git(workdir, "rev-parse", "--show-toplevel")
     return {
         "lowbit_commit": lowbit_commit(),
         "workdir_repo": repo,
         "workdir_commit": _head_commit(workdir) if repo else None,
+        "entry_point_plugins": entry_point_plugins(),
     }
 
 
@@ -83,10 +93,22 @@ def _git(folder: Path, *args: str) -> Optional[str]:
 
 
 def describe_code(meta: Dict[str, Any]) -> str:
-    """The code line of a report: ``lowbit 0.1.0 (commit 0a0b5c6), working directory /x/proj at 1a2b3c4``."""
+    """The code line of a report: ``lowbit 0.1.0 (commit 0a0b5c6), working directory /x/proj at 1a2b3c4``.
+
+    Loaded entry-point plugins follow: ``, entry-point plugins `my_models = my_pkg.models` (my-pkg 1.2)``.
+    """
     commit = meta_lowbit_commit(meta)
     text = f"lowbit {meta.get('lowbit', '?')}" + (f" (commit {commit})" if commit else "")
     repo = meta.get("workdir_repo")
     if repo and meta.get("workdir_commit") and meta.get("workdir_commit") != commit:
         text += f", working directory {repo} at {meta.get('workdir_commit')}"
+    points = [_describe_entry_point(p) for p in meta.get("entry_point_plugins") or () if isinstance(p, dict)]
+    if points:
+        text += ", entry-point plugins " + ", ".join(points)
     return text
+
+
+def _describe_entry_point(point: Dict[str, Any]) -> str:
+    """```name = module` (distribution version)``, from a meta.yaml entry."""
+    dist = " ".join(str(point[k]) for k in ("distribution", "version") if point.get(k))
+    return f"`{point.get('name', '?')} = {point.get('module', '?')}`" + (f" ({dist})" if dist else "")
