@@ -236,6 +236,23 @@ def test_network_config_errors_before_compute():
         NetworkConfig(checkpoint="x", pretrain_epochs=1)
     with pytest.raises(ValueError, match="not a network setting"):
         network_config(probe={**TINY_NETWORK["probe"], "sweep": {"act": ["ste"]}})
+    lenet_on_8x8 = network_config(network={**TINY_NETWORK["network"], "model": {"name": "lenet5"}},
+                                  probe={**TINY_NETWORK["probe"], "layers": ["conv1"]})
+    with pytest.raises(ValueError, match=r"8x8 images \(digits, network.image_size=None\); set network.image_size: 32"):
+        prepare(lenet_on_8x8)  # LeNet-5's 5x5 kernels do not fit: refused before any work, naming the fix
+
+
+def test_a_model_that_does_not_fit_the_images_is_one_line_before_any_run_directory(tmp_path):
+    import yaml
+
+    from lowbit.cli import main
+
+    config = {**TINY_NETWORK, "network": {**TINY_NETWORK["network"], "model": {"name": "lenet5"}},
+              "probe": {**TINY_NETWORK["probe"], "layers": ["conv1"]}}
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["probe", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()
 
 
 def test_network_task_from_a_training_run(tmp_path):

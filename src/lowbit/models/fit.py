@@ -19,7 +19,7 @@ the model, its stem and the image size, with the fix.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -31,12 +31,18 @@ def _stem_words(model: nn.Module) -> str:
 
 
 def check_model_fits(
-    model: nn.Module, name: str, image_shape: Sequence[int], data_hint: Optional[str] = None
+    model: nn.Module,
+    name: str,
+    image_shape: Sequence[int],
+    data_hint: Optional[str] = None,
+    keys: Tuple[str, str] = ("data.image_size", "model"),
 ) -> None:
     """Raise ``ValueError`` if ``model`` (registry ``name``) cannot take images of ``image_shape`` (C, H, W).
 
-    ``data_hint`` describes the data in the message (e.g. "digits, data.image_size=null").
+    ``data_hint`` describes the data in the message (e.g. "digits, data.image_size=null");
+    ``keys`` = (the image-size key, the model section) the fixes name, as the command's config spells them.
     """
+    size_key, model_key = keys
     channels, height, width = (int(d) for d in image_shape)
     where = f"{height}x{width} images" + (f" ({data_hint})" if data_hint else "")
     declared = tuple(getattr(model, "input_shape", ()))
@@ -46,16 +52,16 @@ def check_model_fits(
     if len(declared) == 3 and getattr(model, "fixed_input_size", False) and declared[1:] != (height, width):
         h, w = declared[1:]
         raise ValueError(
-            f"model {name!r}{stem} is built for {h}x{w} images, not {where}; set data.image_size: {h}, "
-            f"or build the model for this size (model.input_size: {height})"
+            f"model {name!r}{stem} is built for {h}x{w} images, not {where}; set {size_key}: {h}, "
+            f"or build the model for this size ({model_key}.input_size: {height})"
         )
     minimum = getattr(model, "min_input_size", None)
     if minimum is not None and min(height, width) < minimum:
         small = getattr(model, "small_stem", None)
-        other = f", or use its stride-1 stem (model.stem: {small})" if small and small != getattr(model, "stem_name", None) else ""
+        other = f", or use its stride-1 stem ({model_key}.stem: {small})" if small and small != getattr(model, "stem_name", None) else ""
         raise ValueError(
             f"model {name!r}{stem} downsamples its input {minimum}x and needs images of at least "
-            f"{minimum}x{minimum}, got {where}; resize them (data.image_size: {minimum}){other}"
+            f"{minimum}x{minimum}, got {where}; resize them ({size_key}: {minimum}){other}"
         )
     was_training = {m: m.training for m in model.modules()}
     reference = next(model.parameters(), None)

@@ -94,7 +94,7 @@ class NetworkTask:
 
     def __init__(self, config: NetworkConfig, seed: int = 0, check_only: bool = False, device: Any = "cpu") -> None:
         from lowbit.data import load_dataset
-        from lowbit.models import create_model
+        from lowbit.models import check_model_fits, create_model
 
         self.config = config
         self.seed = seed
@@ -128,6 +128,9 @@ class NetworkTask:
         kwargs = model_spec
         torch.manual_seed(seed)  # the initial weights
         self.model = create_model(name, num_classes=data.num_classes, in_channels=data.in_channels, **kwargs)
+        # e.g. LeNet-5's 5x5 kernels on 8x8 digits: one line naming the fix, not a conv error mid-run
+        check_model_fits(self.model, name, data.images.shape[1:], f"{dataset}, network.image_size={image_size}",
+                         keys=("network.image_size", "network.model"))
         self.model_spec = {"name": name, **kwargs}
         if quant:
             from lowbit.nn import apply_quant_config
