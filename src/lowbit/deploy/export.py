@@ -106,7 +106,18 @@ def batches(inputs: torch.Tensor, size: int = CHECK_BATCH) -> Iterator[torch.Ten
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: PathLike) -> Path:
-    """``model`` (eval mode) to ONNX at ``path`` with the dynamo exporter, batch dimension dynamic."""
+    """``model`` (eval mode) to ONNX at ``path`` with the dynamo exporter, batch dimension dynamic.
+
+    A packed model is refused (ValueError) before any tracing: its XNOR-popcount custom ops
+    have no ONNX translation (``lowbit.deploy.ops``).
+    """
+    packed = sorted({op for m in model.modules() for op in getattr(m, "custom_ops", ())})
+    if packed:
+        raise ValueError(
+            f"custom op {' / '.join(packed)} has no ONNX translation (onnxruntime has no popcount op); "
+            "export the float/binary model with --format onnx instead (lowbit export RUN_DIR --format onnx), "
+            "or the packed model with torch.export"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1)
