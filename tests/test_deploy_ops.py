@@ -219,6 +219,16 @@ def test_fake_shapes_of_bits_chains_and_linear_layers():
 
 
 def test_onnx_export_of_a_packed_model_is_refused_clearly(tmp_path):
-    with pytest.raises(ValueError, match=r"custom op lowbit::binary_layer / lowbit::pack_signs has no ONNX translation"):
+    with pytest.raises(ValueError, match=r"custom op lowbit::binary_layer has no ONNX translation; export the float") as error:
         export_onnx(packed_resnet(), torch.randn(1, 3, 32, 32), tmp_path / "model.onnx")
+    assert "lowbit::binary_layer, lowbit::pack_signs; onnxruntime has no popcount op" in str(error.value)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_onnx_exporter_itself_has_no_translation_for_the_ops():
+    """What export_onnx's refusal stands for: the dynamo exporter fails at the custom op."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    packed = pack_model(nn.Sequential(BinaryConv2d(4, 8, 3, padding=1)).eval())
+    with pytest.raises(Exception, match=r"No ONNX function found for <OpOverload\(op='lowbit\.(pack_signs|binary_layer)'"):
+        torch.onnx.export(packed, (torch.randn(1, 4, 5, 5),), dynamo=True, verbose=False)

@@ -111,12 +111,12 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: PathLike) -> Path
     A packed model is refused (ValueError) before any tracing: its XNOR-popcount custom ops
     have no ONNX translation (``lowbit.deploy.ops``).
     """
-    packed = sorted({op for m in model.modules() for op in getattr(m, "custom_ops", ())})
-    if packed:
+    custom_ops = sorted({op for m in model.modules() for op in getattr(m, "custom_ops", ())})
+    if custom_ops:
         raise ValueError(
-            f"custom op {' / '.join(packed)} has no ONNX translation (onnxruntime has no popcount op); "
-            "export the float/binary model with --format onnx instead (lowbit export RUN_DIR --format onnx), "
-            "or the packed model with torch.export"
+            "custom op lowbit::binary_layer has no ONNX translation; export the float/binary model with "
+            f"--format onnx instead\n(the packed model calls {', '.join(custom_ops)}; onnxruntime has no popcount "
+            "op; torch.export and torch.compile run the packed model)"
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

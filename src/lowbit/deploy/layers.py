@@ -14,6 +14,10 @@ feeds a sign through an optional BatchNorm, bits again (``fold.sign_thresholds``
 
 Tensors between packed layers: (N, H, W, G, Wg) int64 words, G the channel groups
 of the consumer (a linear layer's input is (N, 1, 1, 1, Wg)).
+
+The kernels are called through ``lowbit.deploy.ops``: directly in eager mode, as the
+torch custom ops ``lowbit::pack_signs`` / ``lowbit::binary_layer`` while torch.export,
+torch.compile or torch.jit.trace records the forward.
 """
 
 from __future__ import annotations
