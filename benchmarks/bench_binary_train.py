@@ -4,15 +4,18 @@
     python benchmarks/bench_binary_train.py --no-write --rounds 2 --widths 16
 
 1. The elementwise passes of a binary activation on a (128, 16, 32, 32) float32 tensor
-   (the first stage of xnor_resnet18 w16 at batch 128): ``hard_sign`` (now a float
-   comparison written as 0/1 floats, times 2, minus 1) against the ``torch.where`` form
-   it replaced and against the bare comparison ``torch.ge(x, 0, out=float)``, the
-   issue's yardstick; and the ``ste_clipped`` backward (``pass_within``) against the
-   ``torch.where(|x| <= 1, g, 0)`` form it replaced. Same values (tests/test_sign_speed_paths.py).
+   (the first stage of xnor_resnet18 w16 at batch 128): the sign forward in one C++ pass
+   (``lowbit.quant.fused``; ``hard_sign``'s default on CPU) against the ATen form (a float
+   comparison, times 2, minus 1: three passes), the ``torch.where`` form before it and the
+   bare comparison ``torch.ge(x, 0, out=float)``, the issue's yardstick; the ``ste_clipped``
+   backward fused (one pass over the gradient and the 1-byte mask the forward wrote) against
+   ATen's ``pass_within`` (three passes) and ``torch.where``; and forward + backward through
+   autograd, fused and ATen. Same values (tests/test_fused_sign.py, tests/test_sign_speed_paths.py).
 2. One training step (forward, cross-entropy, backward, SGD momentum step) of
-   xnor_resnet18 and of its float twin (``lowbit.deploy.twin.float_twin``: the same
-   model with plain convs in place of the binary ones) at widths 16, 32, 64, batch 128,
-   3x32x32 random inputs. Target (issue 15): binary <= 1.15x the twin.
+   xnor_resnet18, with the fused kernels and with the ATen path (``use_fused(False)``),
+   and of its float twin (``lowbit.deploy.twin.float_twin``: the same model with plain
+   convs in place of the binary ones) at widths 16, 32, 64, batch 128, 3x32x32 random
+   inputs. Target (issue 15): binary <= 1.15x the twin.
 
 1 thread, process CPU time, best of N rounds with the variants interleaved.
 """
@@ -34,6 +37,7 @@ from lowbit.deploy.twin import float_twin  # noqa: E402
 from lowbit.models import create_model  # noqa: E402
 from lowbit.quant import get_quantizer, hard_sign  # noqa: E402
 from lowbit.quant.functional import pass_within  # noqa: E402
+from lowbit.quant.fused import EXTENSION, fused_available, use_fused  # noqa: E402
 
 START, END = "<!-- bench_binary_train:start -->", "<!-- bench_binary_train:end -->"
 TARGET = 1.15
@@ -44,14 +48,29 @@ def sign_table(rounds: int) -> str:
     g = torch.randn_like(x)
     q = get_quantizer("ste_clipped")
     xr = x.clone().requires_grad_()
+    if not fused_available():
+        raise SystemExit(f"the fused sign kernels are not available here ({EXTENSION.build_error()}); nothing to compare")
+    kernels = EXTENSION.load()
+    mask = x.abs() <= 1.0
+
+    def aten(fn):
+        def run():
+            with use_fused(False):
+                return fn()
+
+        return run
+
     times = best_times(
         {
-            "hard_sign (fast path)": lambda: hard_sign(x),
+            "sign forward, fused (C++, one pass)": lambda: hard_sign(x),
+            "sign forward, ATen: ge(x, 0) * 2 - 1": aten(lambda: hard_sign(x)),
             "torch.where(x >= 0, 1, -1) (before)": lambda: torch.where(x >= 0, 1.0, -1.0),
             "torch.ge(x, 0, out=float) (a bare comparison)": lambda: torch.ge(x, 0, out=torch.empty_like(x)),
-            "ste_clipped backward: pass_within (fast path)": lambda: pass_within(x, 1.0, g),
+            "ste_clipped backward, fused (gradient and 1-byte mask)": lambda: kernels.masked_grad(g, mask, 1.0, -1.0),
+            "ste_clipped backward, ATen: pass_within": lambda: pass_within(x, 1.0, g),
             "ste_clipped backward: torch.where(|x| <= 1, g, 0) (before)": lambda: torch.where(x.abs() <= 1.0, g, 0.0),
-            "ste_clipped forward + backward (autograd)": lambda: torch.autograd.grad(q(xr), xr, g),
+            "ste_clipped forward + backward (autograd), fused": lambda: torch.autograd.grad(q(xr), xr, g),
+            "ste_clipped forward + backward (autograd), ATen": aten(lambda: torch.autograd.grad(q(xr), xr, g)),
         },
         rounds * 10,
     )
@@ -82,10 +101,20 @@ def train_rows(widths, batch: int, rounds: int) -> list:
 
             return step
 
-        times = best_times({"binary": step_fn(binary), "twin": step_fn(twin)}, rounds)
-        ratio = times["binary"] / times["twin"]
-        rows.append((width, times["twin"], times["binary"], ratio))
-        print(f"width {width:3}: twin {times['twin'] * 1e3:8.1f} ms, xnor {times['binary'] * 1e3:8.1f} ms, {ratio:.3f}x", flush=True)
+        fused_step, twin_step = step_fn(binary), step_fn(twin)
+
+        def aten_step():
+            with use_fused(False):
+                fused_step()
+
+        times = best_times({"fused": fused_step, "aten": aten_step, "twin": twin_step}, rounds)
+        rows.append((width, times["twin"], times["fused"], times["aten"]))
+        print(
+            f"width {width:3}: twin {times['twin'] * 1e3:8.1f} ms, xnor fused {times['fused'] * 1e3:8.1f} ms "
+            f"({times['fused'] / times['twin']:.3f}x), ATen sign {times['aten'] * 1e3:8.1f} ms "
+            f"({times['aten'] / times['twin']:.3f}x)",
+            flush=True,
+        )
     return rows
 
 
@@ -102,24 +131,30 @@ def main() -> None:
     print(signs, flush=True)
     rows = train_rows(args.widths, args.batch, args.rounds)
     load_after = load()
-    worst = max(r[3] for r in rows)
-    table = ["| width | float twin ms / step | xnor_resnet18 ms / step | binary / twin |", "|--:|--:|--:|--:|"]
-    table += [f"| {w} | {t * 1e3:.1f} | {b * 1e3:.1f} | {r:.3f}x |" for w, t, b, r in rows]
+    worst = max(fused / twin for _, twin, fused, _ in rows)
+    table = [
+        "| width | float twin ms / step | xnor_resnet18 fused ms / step | binary / twin | xnor_resnet18 ATen sign ms / step | binary / twin |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    table += [
+        f"| {w} | {t * 1e3:.1f} | {f * 1e3:.1f} | {f / t:.3f}x | {a * 1e3:.1f} | {a / t:.3f}x |" for w, t, f, a in rows
+    ]
     text = "\n".join(
         [
             "## Binary layers in training",
             "",
             "`python benchmarks/bench_binary_train.py`: 1 thread, process CPU time, best of interleaved rounds.",
             "",
-            "**The sign pass** on a (128, 16, 32, 32) float32 activation. `torch.where` with scalar operands and "
-            "bool-output comparisons are slow on this CPU; the fast paths write the comparison straight into a float "
-            "tensor and select the surrogate gradient with `threshold_backward` (same values, NaN and -0 included):",
+            "**The sign pass** on a (128, 16, 32, 32) float32 activation. The fused kernels "
+            "(`lowbit.quant.fused`, C++) write the sign and the surrogate's 1-byte mask in one pass and the "
+            "gradient in one more; ATen needs three passes each way (and `torch.where` with scalar operands, the "
+            "form before, is slow on this CPU). Same values, NaN and -0 included:",
             "",
             signs,
             "",
-            f"**Training step**, xnor_resnet18 against its float twin (the same model with plain convs in place of the "
-            f"binary ones), batch {args.batch}, 3x32x32, SGD momentum, best of {args.rounds}. Target <= {TARGET}x: "
-            f"worst {worst:.3f}x ({'met' if worst <= TARGET else 'missed'}).",
+            f"**Training step**, xnor_resnet18 (fused kernels, and the ATen path) against its float twin (the same "
+            f"model with plain convs in place of the binary ones), batch {args.batch}, 3x32x32, SGD momentum, best of "
+            f"{args.rounds}. Target <= {TARGET}x: worst {worst:.3f}x fused ({'met' if worst <= TARGET else 'missed'}).",
             "",
             *table,
             "",

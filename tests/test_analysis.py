@@ -144,6 +144,13 @@ def test_bn_pair_shares_its_initial_weights():
     assert bn(torch.randn(2, 1, 32, 32)).shape == (2, 10)
 
 
+def test_model_kwargs_are_refused_where_a_width_scaled_vgg_would_ignore_them():
+    with pytest.raises(ValueError, match=r"model.kwargs \['dropout'\] cannot be applied with model.width_mult 0.25"):
+        BNModelSpec(width_mult=0.25, kwargs={"dropout": 0.5})
+    assert BNModelSpec(width_mult=0.25).kwargs == {}
+    assert BNModelSpec(width_mult=1.0, kwargs={"dropout": 0.5}).kwargs == {"dropout": 0.5}  # create_model checks it then
+
+
 # --------------------------------------------------------------------------- directions
 
 

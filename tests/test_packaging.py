@@ -60,7 +60,8 @@ def test_sdist_and_wheel_hold_every_builtin_config(dist):
         in_sdist = sorted(Path(n).name for n in archive.getnames() if "/src/lowbit/configs/" in n and n.endswith(".yaml"))
     with zipfile.ZipFile(wheel) as archive:
         in_wheel = sorted(Path(n).name for n in archive.namelist() if n.startswith("lowbit/configs/") and n.endswith(".yaml"))
-        assert any(n.startswith("lowbit/deploy/csrc/") for n in archive.namelist())
+        assert "lowbit/deploy/csrc/xnor.cpp" in archive.namelist()  # the C++ sources compiled at first use
+        assert "lowbit/quant/csrc/sign.cpp" in archive.namelist()
     assert len(BUILTIN) > 50
     assert in_sdist == BUILTIN
     assert in_wheel == BUILTIN
@@ -86,6 +87,10 @@ def test_wheel_runs_configs_by_name_in_a_users_project(dist, tmp_path):
     path = Path(_run([bin_dir / "lowbit", "configs", "digits", "--path"], cwd=project).stdout.strip())
     assert path.name == "train-digits.yaml" and path.resolve().is_relative_to((project / ".venv").resolve())
 
+    # the wheel's C++ source builds (or loads from the cache) and its fused sign kernels run
+    check = "from lowbit.quant import fused_available; import lowbit.quant.fused as f; print(fused_available(), f.SOURCE)"
+    available, source = _run([bin_dir / "python", "-c", check], cwd=project).stdout.split()
+    assert available == "True" and Path(source).resolve().is_relative_to((project / ".venv").resolve())
     _run([bin_dir / "lowbit", "train", "digits", "run.epochs=1", "run.name=by-name", "--quiet"], cwd=project)
     (run_dir,) = (project / "runs").glob("by-name-*")
     assert (run_dir / "report.md").is_file()

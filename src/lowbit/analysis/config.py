@@ -118,6 +118,11 @@ class BNModelSpec:
             errors.append(f"model.width_mult must be > 0, got {self.width_mult}")
         if self.width_mult != 1.0 and self.name != "vgg_a":
             errors.append(f"model.width_mult applies to vgg_a only, got name {self.name!r} with width_mult {self.width_mult}")
+        if self.width_mult != 1.0 and self.kwargs:
+            errors.append(
+                f"model.kwargs {sorted(self.kwargs)} cannot be applied with model.width_mult {self.width_mult}: the "
+                "width-scaled VGG-A takes no other options; remove model.kwargs or set model.width_mult: 1"
+            )
         if "bn" in self.kwargs:
             errors.append("model.kwargs must not set 'bn': the analysis trains both bn=False and bn=True")
         _raise(errors)

@@ -9,11 +9,11 @@ Three operations carry a packed binary layer (see ``csrc/xnor.cpp`` for the bit 
 - ``popcount_gemm(a, bt, n)``: the GEMM alone, popcount(A_i XOR B_j) for a (G, M, Kw)
   and the transposed packed weights bt (G, Kw, Np), -> (M, G n) int32 (tests, benchmarks).
 
-The C++ extension is compiled with ``torch.utils.cpp_extension.load`` on first use
-(ninja and a C++ compiler; ~30 s) into torch's extension cache
-(``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under a name that
-includes a hash of the source, so later processes load it in well under a second and
-an edited source builds anew. One build holds the three GEMM kernels; the one used is
+The C++ extension is compiled on first use (``lowbit.native.NativeExtension``: ninja
+and a C++ compiler; ~30 s) into torch's extension cache (``TORCH_EXTENSIONS_DIR``,
+default ``~/.cache/torch_extensions``) under a name that includes a hash of the
+source, so later processes load it in well under a second and an edited source
+builds anew. One build holds the three GEMM kernels; the one used is
 chosen at run time from the CPU's features (``best_kernel()``: AVX-512 VPOPCNTDQ, else
 AVX2, else portable). Where the build fails (no compiler, no ninja), every operation
 falls back to the pure-PyTorch implementation here, with a warning: the results are
@@ -27,16 +27,14 @@ read at first use. ``available_kernels()`` lists what this machine can run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import threading
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence
 
 import torch
 
 from lowbit.deploy.bits import pack_bits, popcount
+from lowbit.native import NativeExtension
 
 KERNEL_ENV = "LOWBIT_XNOR_KERNEL"
 KERNELS = ("auto", "avx512", "avx2", "portable", "torch")
@@ -45,9 +43,13 @@ _NAMES = {code: name for name, code in _CODES.items()}
 SOURCE = Path(__file__).resolve().parent / "csrc" / "xnor.cpp"
 CFLAGS = ["-O3", "-ffp-contract=off"]  # no FMA: alpha * dot + bias rounds twice, as the simulated layer
 
-_lock = threading.Lock()
-_extension: Any = None
-_build_error: Optional[str] = None
+EXTENSION = NativeExtension(
+    "lowbit_xnor",
+    [SOURCE],
+    CFLAGS,
+    purpose="XNOR kernels of lowbit.deploy",
+    fallback="using the pure-PyTorch fallback (identical results, slower).",
+)
 _selected: Optional[str] = None  # None: not read from the environment yet
 
 # The pure-PyTorch GEMM materialises (rows, Kw, n) int64 XORs; this many elements per chunk.
@@ -60,34 +62,17 @@ class KernelUnavailable(RuntimeError):
 
 def extension_name() -> str:
     """The extension's module name: ``lowbit_xnor_`` + a hash of the source and flags."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:12]
-    return f"lowbit_xnor_{digest}"
+    return EXTENSION.name()
 
 
 def load_extension() -> Any:
     """The compiled extension (built and cached on first call), or None with the reason in ``build_error()``."""
-    global _extension, _build_error
-    with _lock:
-        if _extension is None and _build_error is None:
-            try:
-                from torch.utils.cpp_extension import load
-
-                _extension = load(extension_name(), [str(SOURCE)], extra_cflags=CFLAGS, verbose=False)
-            except Exception as error:  # no compiler, no ninja, a failed build: fall back
-                _build_error = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}"
-                warnings.warn(
-                    f"lowbit.deploy: the C++ XNOR kernels could not be built ({_build_error}); using the "
-                    "pure-PyTorch fallback (identical results, slower). Install a C++ compiler and ninja "
-                    "(pip install ninja) for the fast kernels.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        return _extension
+    return EXTENSION.load()
 
 
 def build_error() -> Optional[str]:
     """Why the C++ build failed (None if it succeeded or was not tried)."""
-    return _build_error
+    return EXTENSION.build_error()
 
 
 def available_kernels() -> List[str]:

@@ -29,6 +29,7 @@ from lowbit.quant.base import (
 )
 from lowbit.quant.aliases import ALIASES, list_quantizer_aliases
 from lowbit.quant.functional import hard_sign, quantize_with_surrogate, round_half_away
+from lowbit.quant.fused import fused_available, set_fused, use_fused
 from lowbit.quant.sign import (
     ApproxSign,
     ClippedSignSTE,
@@ -110,11 +111,13 @@ __all__ = [
     # functional forms
     "approx_sign_window",
     "dorefa",
+    "fused_available",
     "hard_sign",
     "magnitude_aware_sign",
     "mean_abs",
     "quantize_with_surrogate",
     "round_half_away",
+    "set_fused",
     "sign_ste",
     "sign_surrogates",
     "ste_heaviside",
@@ -124,6 +127,7 @@ __all__ = [
     "stochastic_sign",
     "uniform_act",
     "uniform_weight",
+    "use_fused",
     "xnor_weight",
     # low-bit training: W, A, G, E grids (lowbit_training.py)
     "CLIPS",

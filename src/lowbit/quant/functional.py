@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import torch
 
+from lowbit.quant.fused import fused_hard_sign
+
 ForwardFn = Callable[..., torch.Tensor]
 BackwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -91,11 +93,15 @@ def hard_sign(x: torch.Tensor) -> torch.Tensor:
     """sign(x) in {-1, +1} with sign(0) = +1 (unlike ``torch.sign``), same dtype as ``x``.
 
     NaN maps to -1 (``NaN >= 0`` is false); -0 maps to +1 (``-0 >= 0`` is true).
-    On eager float tensors this is ``ge(x, 0)`` written as 0/1 floats, times 2,
+    On eager CPU float32/float64 tensors one C++ pass writes it (``lowbit.quant.fused``);
+    on other eager float tensors (and without the C++ build) it is ``ge(x, 0)`` written as 0/1 floats, times 2,
     minus 1: a float comparison, 10-15x faster on CPU than
     ``torch.where(x >= 0, 1, -1)`` (the form used under transforms and compile,
     which gives the same values; BENCHMARKS.md, "Binary layers").
     """
+    fused = fused_hard_sign(x)  # one pass in C++ where lowbit.quant.fused applies
+    if fused is not None:
+        return fused
     if eager_tensor(x) and x.is_floating_point():
         return torch.ge(x, 0, out=torch.empty_like(x)).mul_(2).sub_(1)
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)

@@ -22,6 +22,7 @@ from lowbit.quant.functional import (
     pass_within,
     quantize_with_surrogate,
 )
+from lowbit.quant.fused import fused_sign_ste, sign_rule
 from lowbit.registry import UnknownNameError, unknown_name_message
 
 # --- surrogate derivatives: each returns grad_x = s(x) * grad ------------------------
@@ -95,6 +96,10 @@ def sign_ste(x: torch.Tensor, surrogate: str = "ste", **params: float) -> torch.
             f"sign surrogate {surrogate!r} takes parameters {sorted(defaults)}, got {unexpected}"
         )
     values = {name: check_positive(name, params.get(name, default)) for name, default in defaults.items()}
+    rule = sign_rule(surrogate, values)
+    fused = None if rule is None else fused_sign_ste(x, rule)  # one pass each way where it applies
+    if fused is not None:
+        return fused
     backward_fn = functools.partial(derivative, **values) if values else derivative
     return quantize_with_surrogate(x, hard_sign, backward_fn)
 

@@ -12,6 +12,7 @@ import torch
 
 from lowbit.quant.base import Quantizer, register_quantizer
 from lowbit.quant.functional import check_bool, check_positive
+from lowbit.quant.fused import fused_magnitude_aware_sign, fused_xnor_weight
 from lowbit.quant.sign import sign_ste
 
 
@@ -29,13 +30,23 @@ def mean_abs(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
 
 
 def xnor_weight(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
-    """XNOR-Net weight binarisation alpha(W) * sign(W); see :class:`XNORWeight`."""
-    return sign_ste(w, "ste") * mean_abs(w, check_bool("per_channel", per_channel))
+    """XNOR-Net weight binarisation alpha(W) * sign(W); see :class:`XNORWeight`.
+
+    Eager CPU float weights take the fused kernels of ``lowbit.quant.fused`` (same values).
+    """
+    per_channel = check_bool("per_channel", per_channel)
+    fused = fused_xnor_weight(w, per_channel)
+    if fused is not None:
+        return fused
+    return sign_ste(w, "ste") * mean_abs(w, per_channel)
 
 
 def magnitude_aware_sign(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """Bi-Real / Larq magnitude-aware sign; see :class:`MagnitudeAwareSign`."""
     clip = check_positive("clip", clip)
+    fused = fused_magnitude_aware_sign(x, clip)
+    if fused is not None:
+        return fused
     return sign_ste(x, "ste_clipped", clip=clip) * mean_abs(x, per_channel=True).detach()
 
 
