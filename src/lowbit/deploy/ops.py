@@ -18,8 +18,8 @@ when it runs (``kernels.resolved_kernel()``: C++ AVX-512 / AVX2 / portable, or t
 pure-PyTorch fallback), so an exported or compiled model computes what eager computes.
 
 The functions below are what the packed layers call. In eager mode they call the
-kernel directly: a custom op's Python dispatch costs ~12 us per call, ~10 % of a
-batch-1 xnor_resnet18 forward (benchmarks/bench_binary_model.py). While a graph is
+kernel directly: a custom op's Python dispatch costs 12-20 us per call, 1.25-1.38x
+a batch-1 xnor_resnet18 forward (benchmarks/bench_packed_dispatch.py). While a graph is
 being recorded (:func:`recording`) they call the custom op instead.
 """
 
