@@ -191,7 +191,13 @@ def test_the_two_stage_schedule_needs_real_weights_to_binarise(tmp_path, teacher
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch, teacher_run, interrupt_at):
     config = two_stage(teacher_run)
     reference = train(load_train_config(None, config), run_dir=tmp_path / "reference")
-    assert [r["distill/stage"] for r in read_records(reference / "metrics.csv")] == [1.0, 2.0, 2.0]
+    records = read_records(reference / "metrics.csv")
+    assert [r["distill/stage"] for r in records] == [1.0, 2.0, 2.0]
+    # the flip ratio starts with stage 2, the epoch the weights become binary, over all 16 binarised convs
+    assert records[0].get("flip_ratio") is None
+    assert all(0 < r["flip_ratio"] < 1 for r in records[1:])
+    assert sum(k.startswith("flip_ratio/") for k in records[1]) == 16
+    assert f"| layer | epoch {int(records[1]['epoch'])} | last epoch |" in (reference / "report.md").read_text()
     monkeypatch.setenv(INTERRUPT_ENV, str(interrupt_at))
     with pytest.raises(TrainingInterrupted):
         train(load_train_config(None, config), run_dir=tmp_path / "run")

@@ -301,3 +301,29 @@ def test_a_failed_build_falls_back_with_one_warning(tmp_path, monkeypatch):
     y = sign_ste(x, "ste_clipped")
     assert type(y.grad_fn).__name__ != "_FusedSignBackward"
     assert y.detach().tolist() == [[1.0 if v >= 0 else -1.0 for v in row] for row in x.detach().tolist()]
+
+
+@pytest.mark.slow  # compiles a second build (~25 s)
+def test_the_baseline_build_gives_the_bits_of_the_vectorised_clones():
+    """The AVX-512 / AVX2 clones chosen at load time against the kernels built for the baseline ISA alone."""
+    base = NativeExtension(
+        "lowbit_sign_baseline", [fused.SOURCE], fused.CFLAGS + ["-DLOWBIT_NO_CLONES"], purpose="baseline kernels", fallback="."
+    ).load()
+    assert base is not None
+    fast = fused.EXTENSION.load()
+    for dtype in (torch.float32, torch.float64):
+        x = seeded((3, 7, 33, 17), dtype)
+        g = torch.randn_like(x)
+        g.view(-1)[[1, 5]] = torch.tensor([float("nan"), -0.0], dtype=dtype)
+        y, mask = fast.sign_forward(x, 0.7)
+        y_base, mask_base = base.sign_forward(x, 0.7)
+        assert bits_equal(y, y_base) and torch.equal(mask, mask_base)
+        for scale, clip in ((1.0, -1.0), (3.0, -1.0), (1.0, 0.25)):
+            assert bits_equal(fast.masked_grad(g, mask, scale, clip), base.masked_grad(g, mask, scale, clip))
+        assert bits_equal(fast.approx_sign_grad(g, x), base.approx_sign_grad(g, x))
+        w, gw = x.reshape(21, -1).contiguous(), g.reshape(21, -1).contiguous()
+        alpha = w.abs().mean(dim=1).nan_to_num()
+        assert bits_equal(fast.scaled_sign(w, alpha), base.scaled_sign(w, alpha))
+        assert bits_equal(fast.signed_grad(gw, w), base.signed_grad(gw, w))
+        assert bits_equal(fast.xnor_weight_grad(gw, w, alpha, alpha * 0.5), base.xnor_weight_grad(gw, w, alpha, alpha * 0.5))
+        assert bits_equal(fast.clipped_scaled_grad(gw, w, alpha, 0.5), base.clipped_scaled_grad(gw, w, alpha, 0.5))

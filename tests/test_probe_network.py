@@ -17,8 +17,8 @@ from lowbit.nn import BinaryConv2d
 from lowbit.probe.config import ProbeConfig
 from lowbit.probe.network import NetworkConfig, NetworkTask
 from lowbit.probe.runner import prepare, run_grid
-from lowbit.probe.ste_stats import gradient_statistics, ste_statistics_records
-from lowbit.probe.subset import subset_cosine, subset_inner
+from lowbit.estimators.ste_stats import gradient_statistics, ste_statistics_records
+from lowbit.estimators.subset import subset_cosine, subset_inner
 from lowbit.report import write_probe_report
 from lowbit.runs import read_records, write_run_files
 
@@ -257,7 +257,7 @@ def test_network_task_from_a_training_run(tmp_path):
 
 @pytest.mark.parametrize("name", __import__("lowbit.models", fromlist=["list_models"]).list_models())
 def test_every_zoo_model_takes_the_folded_path_and_agrees_with_plain_forwards(name):
-    from lowbit.probe.network import probe_layers
+    from lowbit.estimators.layers import probe_layers
 
     from test_models import ZOO_SMALL
 

@@ -30,3 +30,15 @@ def test_pruning_a_dessilbi_run_and_an_sgd_run(tmp_path):
         prune_run(sgd, by="gamma")
     with pytest.raises(FileNotFoundError, match="no config.yaml"):
         prune_run(tmp_path / "nothing")
+
+
+def test_dessilbi_as_one_group_trains_its_layers_and_reports_their_sparsity(tmp_path):
+    """optim.groups with a DessiLBI case (Larq's CaseOptimizer): Gamma for the selected convs only, SGD for the rest."""
+    groups = "optim.groups=[{params: ['conv*'], name: dessilbi, extra: {kappa: 1.0, mu: 5.0}}]"
+    run = train(load_train_config(None, [*RECIPE, "optim.name=sgd", groups]), runs_dir=tmp_path / "runs")
+    records = read_records(run / "metrics.csv")
+    sparsity = sorted(k for k in records[-1] if k.startswith("gamma_sparsity/"))
+    assert sparsity == ["gamma_sparsity/conv1.weight", "gamma_sparsity/conv2.weight", "gamma_sparsity/conv3.weight"]
+    assert all(0 <= records[-1][k] <= 1 for k in sparsity) and records[-1]["residue"] > 0
+    rows = prune_run(run, layer_sets={"conv3": ["conv3"]}, percents=[0, 50])  # ranked by the DessiLBI case's Gamma
+    assert {r["by"] for r in rows} == {"gamma"} and rows[0]["accuracy"] == records[-1]["test_acc"]

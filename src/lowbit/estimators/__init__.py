@@ -67,7 +67,10 @@ from lowbit.estimators.objective import (
     subset_coordinate_deltas,
     with_surrogate,
 )
+from lowbit.estimators.layers import probe_layers, studied_weight
 from lowbit.estimators.ste import STE, ste_gradient
+from lowbit.estimators.ste_stats import gradient_statistics, minibatches, ste_statistics_records
+from lowbit.estimators.subset import subset_cosine, subset_inner
 
 __all__ = [
     "BernoulliNES",
@@ -98,6 +101,9 @@ __all__ = [
     "flip_deltas",
     "generic_coordinate_deltas",
     "generic_line_losses",
+    "gradient_statistics",
+    "minibatches",
+    "probe_layers",
     "get_estimator",
     "list_estimators",
     "norm_of",
@@ -106,9 +112,13 @@ __all__ = [
     "resolve_surrogate",
     "snes_update",
     "ste_gradient",
+    "ste_statistics_records",
     "step_values",
     "step_vector",
+    "studied_weight",
     "subset_coordinate_deltas",
+    "subset_cosine",
+    "subset_inner",
     "unflatten",
     "use_batch_statistics",
     "with_surrogate",

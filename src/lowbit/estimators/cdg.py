@@ -17,7 +17,7 @@ each costing one or two loss evaluations. With ``coords = m`` only m
 coordinates, drawn uniformly without replacement from the generator, are
 measured; ĝ is 0 elsewhere and ``last_subset`` holds the boolean mask, so
 that comparisons can be restricted to the measured coordinates
-(:func:`lowbit.probe.subset.subset_cosine` gives the cosine on the subset with
+(:func:`lowbit.estimators.subset.subset_cosine` gives the cosine on the subset with
 its sampling error).
 
 **Relative ε.** With ``relative=True`` each studied tensor (a layer) gets its

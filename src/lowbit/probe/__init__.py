@@ -5,12 +5,13 @@ toy, or of conditions × inits × layers × batches on a zoo network
 (:mod:`lowbit.probe.network`); at each point every estimator of
 :mod:`lowbit.estimators` proposes a step on the same Objective and
 :mod:`lowbit.probe.measure` records loss decreases and cosines
-(:mod:`lowbit.probe.subset` on a coordinate subset, :mod:`lowbit.probe.ste_stats`
+(:mod:`lowbit.estimators.subset` on a coordinate subset, :mod:`lowbit.estimators.ste_stats`
 for STE statistics over mini-batches).
 """
 
 from lowbit.probe.config import ProbeConfig, expand_estimators
-from lowbit.probe.network import NetworkConfig, NetworkTask, probe_layers
+from lowbit.estimators.layers import probe_layers
+from lowbit.probe.network import NetworkConfig, NetworkTask
 from lowbit.probe.measure import cosine, cosine_per_layer, lr_grid, normalize_direction, normalized_difference
 from lowbit.probe.runner import prepare, run_grid
 from lowbit.probe.toy import ToyObjective, ToyTask

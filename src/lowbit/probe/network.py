@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.estimators.layers import probe_layers, studied_weight
+
 
 @dataclass
 class NetworkConfig:
@@ -71,30 +73,6 @@ class NetworkConfig:
             errors.append("network.checkpoint and network.pretrain_epochs exclude each other: set one of them")
         if errors:
             raise ValueError("; ".join(errors))
-
-
-def studied_weight(model: nn.Module, layer: str) -> str:
-    """The parameter name probed for ``layer``: a module name ("layer1.0.conv1") or a parameter name.
-
-    Raises ValueError naming the nearest valid layer.
-    """
-    params = dict(model.named_parameters())
-    if layer in params:
-        return layer
-    if f"{layer}.weight" in params:
-        return f"{layer}.weight"
-    from lowbit.registry import nearest
-
-    valid = probe_layers(model)
-    hint = nearest(layer, valid)
-    raise ValueError(
-        f"the model has no layer {layer!r}" + (f"; did you mean {hint!r}?" if hint else "") + f" (conv/linear layers: {', '.join(valid)})"
-    )
-
-
-def probe_layers(model: nn.Module) -> List[str]:
-    """Names of the model's conv and linear layers (what ``probe.layers`` may list), in order."""
-    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and name]
 
 
 def _resolve_checkpoint(path: str) -> Tuple[Path, Optional[Path]]:

@@ -27,7 +27,8 @@ from lowbit.estimators import get_estimator
 from lowbit.grid import axis, cartesian, select
 from lowbit.plugins import import_plugins
 from lowbit.probe.config import EstimatorSpec, ProbeConfig, act_label, expand_estimators, task_conditions
-from lowbit.probe.network import NetworkTask, probe_layers, studied_weight
+from lowbit.estimators.layers import probe_layers, studied_weight
+from lowbit.probe.network import NetworkTask
 from lowbit.probe.toy import ToyTask
 from lowbit.runs import read_records
 

@@ -34,7 +34,7 @@ from lowbit.probe.measure import (
     normalized_difference,
     subsample_indices,
 )
-from lowbit.probe.network import studied_weight
+from lowbit.estimators.layers import studied_weight
 from lowbit.probe.plan import (
     STATS,
     Unit,
@@ -47,7 +47,7 @@ from lowbit.probe.plan import (
     stable_seed,
     unit_id,
 )
-from lowbit.probe.subset import subset_cosine
+from lowbit.estimators.subset import subset_cosine
 from lowbit.runs import RecordWriter
 
 __all__ = ["STATS", "iter_units", "measure_stats_unit", "measure_unit", "prepare", "run_grid", "unit_id"]
@@ -254,7 +254,7 @@ def measure_stats_unit(
     config: ProbeConfig, specs: Sequence[EstimatorSpec], task: Any, layers: Sequence[str], condition: Dict[str, Any], init: int
 ) -> List[Dict[str, Any]]:
     """STE gradient statistics over ``stats.batches`` mini-batches, every probed layer × surrogate."""
-    from lowbit.probe.ste_stats import minibatches, ste_statistics_records
+    from lowbit.estimators.ste_stats import minibatches, ste_statistics_records
 
     uid = unit_id(STATS, condition, init, 0)
     wanted = config.stats.estimators

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -32,15 +32,31 @@ PREFIX = "flip_ratio"
 class FlipRatio:
     """Counts sign flips of every binary layer's latent weights; call :meth:`update` after each optimizer step."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, allow_empty: bool = False) -> None:
+        self.model = model
+        self.layers: List[Tuple[str, nn.Module]] = []
+        self._signs: List[torch.Tensor] = []
+        self._flips: List[torch.Tensor] = []
+        self.steps = 0
+        self.track_new_layers()
+        if not self.layers and not allow_empty:
+            raise ValueError("the model has no binary layer whose flip ratio could be tracked (run.flip_ratio)")
+
+    def track_new_layers(self) -> List[str]:
+        """Count the layers that became binary since the last call too (Real-to-Binary's stage 2); their names.
+
+        Call it between epochs (after :meth:`epoch_columns`), so that every layer's ratio has
+        the same number of steps: a new layer's signs are taken now, its count starts at 0.
+        """
         from lowbit.nn import binary_layers
 
-        self.layers = [(name, layer) for name, layer in binary_layers(model)]
-        if not self.layers:
-            raise ValueError("the model has no binary layer whose flip ratio could be tracked (run.flip_ratio)")
-        self._signs = self._current_signs()
-        self._flips = [torch.zeros((), dtype=torch.int64, device=layer.weight.device) for _, layer in self.layers]
-        self.steps = 0
+        known = {id(layer) for _, layer in self.layers}
+        new = [(name, layer) for name, layer in binary_layers(self.model) if id(layer) not in known]
+        for name, layer in new:
+            self.layers.append((name, layer))
+            self._signs.append(layer.weight.detach() >= 0)
+            self._flips.append(torch.zeros((), dtype=torch.int64, device=layer.weight.device))
+        return [name for name, _ in new]
 
     def _current_signs(self) -> List[torch.Tensor]:
         return [layer.weight.detach() >= 0 for _, layer in self.layers]  # sign(0) = +1
@@ -56,7 +72,8 @@ class FlipRatio:
 
     def epoch_columns(self) -> Dict[str, float]:
         """``{"flip_ratio": ..., "flip_ratio/<layer>": ...}`` for the steps since the last call; then resets."""
-        if self.steps == 0:
+        if self.steps == 0 or not self.layers:
+            self.steps = 0
             return {}
         counts = [int(f) for f in self._flips]
         sizes = [layer.weight.numel() for _, layer in self.layers]
@@ -83,18 +100,35 @@ class FlipRatio:
         self.steps = int(state["steps"])
 
 
-def flip_ratio_for(model: nn.Module, enabled: Optional[bool]) -> Optional[FlipRatio]:
-    """A :class:`FlipRatio` when ``enabled`` (``run.flip_ratio``), or when None and the model has binary layers."""
+def flip_ratio_for(model: nn.Module, enabled: Optional[bool], binary_later: bool = False) -> Optional[FlipRatio]:
+    """A :class:`FlipRatio` when ``enabled`` (``run.flip_ratio``), or when None and the model has binary layers.
+
+    ``binary_later``: layers become binary during the run (distillation's stage 2), so the
+    counter starts even while the model has none yet (it tracks them from then on).
+    """
     from lowbit.nn import binary_layers
 
-    if enabled is False or (enabled is None and not binary_layers(model)):
+    if enabled is False or (enabled is None and not binary_layers(model) and not binary_later):
         return None
-    return FlipRatio(model)
+    return FlipRatio(model, allow_empty=binary_later)
 
 
 def flip_columns(record: Mapping[str, Any]) -> List[str]:
     """The flip-ratio columns of a metrics record, overall first."""
     return [k for k in record if k == PREFIX or k.startswith(PREFIX + "/")]
+
+
+def _tracked(records: Sequence[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    """The records of epochs with a flip ratio (a distilled run's stage 1 may have no binary weights yet)."""
+    return [r for r in records if r.get(PREFIX) not in (None, "")]
+
+
+def _all_flip_columns(records: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The flip-ratio columns of any of ``records``, overall first, then layers in order of appearance."""
+    keys: Dict[str, None] = {}
+    for record in records:
+        keys.update(dict.fromkeys(flip_columns(record)))
+    return sorted(keys, key=lambda k: k != PREFIX)
 
 
 def plot_flip_ratio(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -105,17 +139,21 @@ def plot_flip_ratio(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    keys = flip_columns(records[0])
-    epochs = [int(r["epoch"]) for r in records]
+    records = _tracked(records)
+    keys = _all_flip_columns(records)
+
+    def series(key: str) -> Tuple[List[int], List[float]]:
+        present = [r for r in records if r.get(key) not in (None, "")]
+        return [int(r["epoch"]) for r in present], [float(r[key]) for r in present]
+
     fig, ax = plt.subplots(figsize=(6, 4))
     cmap = plt.get_cmap("viridis")
     layers = [k for k in keys if k != PREFIX]
     for i, key in enumerate(layers):
-        values = [float(r[key]) for r in records]
-        ax.plot(epochs, values, color=cmap(i / max(len(layers) - 1, 1)), lw=0.9, alpha=0.8, label=key[len(PREFIX) + 1 :])
+        ax.plot(*series(key), color=cmap(i / max(len(layers) - 1, 1)), lw=0.9, alpha=0.8, label=key[len(PREFIX) + 1 :])
     if PREFIX in keys:
-        ax.plot(epochs, [float(r[PREFIX]) for r in records], color="black", lw=2.2, label="all binary weights")
-    if all(float(r[k]) > 0 for r in records for k in keys):
+        ax.plot(*series(PREFIX), color="black", lw=2.2, label="all binary weights")
+    if all(value > 0 for k in keys for value in series(k)[1]):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -131,20 +169,22 @@ def plot_flip_ratio(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 def flip_ratio_section(run_dir: Path, records: Sequence[Mapping[str, Any]]) -> List[str]:
     """The report's "Flip ratio" section (a plot and a table of first / last epoch), or [] without flip columns."""
-    if not records or not flip_columns(records[0]):
+    tracked = _tracked(records)
+    if not tracked:
         return []
-    plot_flip_ratio(records, Path(run_dir) / "plots" / "flip_ratio.png")
-    keys = flip_columns(records[0])
-    first, last = records[0], records[-1]
+    plot_flip_ratio(tracked, Path(run_dir) / "plots" / "flip_ratio.png")
+    keys = _all_flip_columns(tracked)
+    first, last = tracked[0], tracked[-1]
 
     def pct(x: Any) -> str:
-        value = float(x)
+        value = float("nan") if x in (None, "") else float(x)
         return "n/a" if math.isnan(value) else f"{100 * value:.3g}%"
 
+    first_epoch = int(first["epoch"]) if first.get("epoch") not in (None, "") else 1
     rows = [
-        "| layer | epoch 1 | last epoch |",
+        f"| layer | epoch {first_epoch} | last epoch |",
         "|---|---:|---:|",
-        *(f"| {k[len(PREFIX) + 1:] or 'all binary weights'} | {pct(first[k])} | {pct(last[k])} |" for k in keys),
+        *(f"| {k[len(PREFIX) + 1:] or 'all binary weights'} | {pct(first.get(k))} | {pct(last.get(k))} |" for k in keys),
     ]
     return [
         "## Flip ratio",

@@ -10,14 +10,14 @@ every binary layer: a layer whose input or weight quantizer is a sign):
   model's own backward, or ``probe.surrogate``) and CDG (or ``flip_cdg``,
   ``probe.reference``) of the layer's latent weight, on a uniform random
   subset of ``probe.coords`` coordinates, with its sampling standard error
-  (``lowbit.probe.subset.subset_cosine``); CDG's step is ε =
+  (``lowbit.estimators.subset.subset_cosine``); CDG's step is ε =
   ``probe.eps`` · mean|w| of the layer with ``probe.relative`` (default), so
   that it means the same in every layer and as the weights grow;
 - ``ste_mean_norm``, ``ste_total_variance``, ``ste_snr``,
   ``ste_coord_snr_median``: the STE gradient's mean m and per-coordinate
   variance over ``probe.stats_batches`` i.i.d. mini-batches of
   ``probe.stats_batch_size`` training images, SNR = ‖m‖²/Σ s²
-  (``lowbit.probe.ste_stats``);
+  (``lowbit.estimators.ste_stats``);
 - ``flip_ratio``: the fraction of the layer's binary weights sign(w) that
   changed since the previous measurement (none at the first; layers with
   binary weights only). Per epoch it is also in metrics.csv (``run.flip_ratio``,
@@ -31,8 +31,9 @@ a copy of the model — the model itself, the optimizer and every random
 stream of the run are left untouched, so a run with a probe trains exactly as
 one without). Records go to ``grad_probe.csv`` (epoch, layer, metric, value);
 ``report.md`` gets a table per metric and ``plots/grad_probe.png``. The probe
-reuses the gradient laboratory's measurements (``lowbit.probe``), imported
-when a probe runs.
+reuses the gradient laboratory's measurements, which live in ``lowbit.estimators``
+(below both ``lowbit.probe`` and ``lowbit.train``: neither command imports the other's
+runner), imported when a probe runs.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def is_probed_layer(module: nn.Module) -> bool:
 
 def probed_layers(model: nn.Module, layers: Union[str, Sequence[str]]) -> List[str]:
     """The probed layers' module names; ValueError naming the fix when there are none or a name is unknown."""
-    from lowbit.probe.network import probe_layers, studied_weight
+    from lowbit.estimators.layers import probe_layers, studied_weight
 
     if layers == "all":
         return probe_layers(model)
@@ -128,7 +129,7 @@ class GradProbe:
 
     def __init__(self, config: GradProbeConfig, setup: Any, seed: int) -> None:
         from lowbit.data import normalize
-        from lowbit.probe.network import studied_weight
+        from lowbit.estimators.layers import studied_weight
 
         self.config, self.setup, self.seed = config, setup, seed
         self.run_dir: Optional[Path] = None
@@ -201,8 +202,8 @@ class GradProbe:
 
     def _records(self, epoch: int) -> List[Dict[str, Any]]:
         from lowbit.estimators import GraphObjective, ModuleObjective, get_estimator, use_batch_statistics
-        from lowbit.probe.ste_stats import minibatches, ste_statistics_records
-        from lowbit.probe.subset import subset_cosine
+        from lowbit.estimators.ste_stats import minibatches, ste_statistics_records
+        from lowbit.estimators.subset import subset_cosine
 
         c = self.config
         model = use_batch_statistics(copy.deepcopy(self.setup.model)).eval()

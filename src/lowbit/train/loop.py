@@ -187,20 +187,26 @@ def check_config(config: TrainConfig) -> None:
 
 
 def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
-    """For sparsity-tracking optimizers (DessiLBI): the fraction of zero Γ per layer, and overall.
+    """For sparsity-tracking optimizers (DessiLBI, also as a case of ``optim.groups``): the fraction of zero Γ.
 
     Columns ``gamma_sparsity/<layer>``, ``gamma_sparsity`` (zero Γ entries over all
     registered entries) and ``residue`` of metrics.csv: the epoch-by-epoch sparsity path.
     """
-    if not hasattr(optimizer, "named_gammas"):
+    cases = getattr(optimizer, "optimizers", None)  # a CaseOptimizer (optim.groups): its DessiLBI cases
+    tracking = [o for o in (cases.values() if isinstance(cases, dict) else [optimizer]) if hasattr(o, "named_gammas")]
+    if not tracking:
         return {}
-    columns = {f"gamma_sparsity/{name}": value for name, value in optimizer.sparsity(by="entry").items()}
+    columns: Dict[str, float] = {}
     zeros = total = 0
-    for _, _, gamma in optimizer.named_gammas():
-        zeros += int((gamma == 0).sum())
-        total += gamma.numel()
+    residue = 0.0
+    for inner in tracking:
+        columns.update({f"gamma_sparsity/{name}": value for name, value in inner.sparsity(by="entry").items()})
+        for _, _, gamma in inner.named_gammas():
+            zeros += int((gamma == 0).sum())
+            total += gamma.numel()
+        residue += sum(inner.residue().values())  # Σ_l ‖W_l − Γ_l‖² / 2μ
     columns["gamma_sparsity"] = zeros / total if total else float("nan")
-    columns["residue"] = sum(optimizer.residue().values())  # Σ_l ‖W_l − Γ_l‖² / 2μ
+    columns["residue"] = residue
     return columns
 
 
@@ -584,7 +590,8 @@ def _train(
             grad_probe = GradProbe(cfg.probe, setup, cfg.run.seed)  # checks the probed layers
         model, optimizer = setup.model, setup.optimizer
         forward = model if rank is None else _ddp(model, dev)  # DDP averages the gradients over ranks
-        flips = flip_ratio_for(model, cfg.run.flip_ratio)  # None for a float model (lowbit.train.flips)
+        binary_later = setup.distiller is not None and bool(setup.distiller.stage2_layers)  # Real-to-Binary's stage 2
+        flips = flip_ratio_for(model, cfg.run.flip_ratio, binary_later)  # None for a float model (lowbit.train.flips)
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
         generators = {"data": data_gen, "augment": aug_gen}
@@ -640,10 +647,11 @@ def _train(
             history = list(state["metrics"])
             restore_rng(state["rng"], generators)
             _restore_quantizer_schedules(model, state.get("quantizer_schedules", {}))
-            if flips is not None:
-                flips.load_state_dict(state.get("flip_ratio"))
             if setup.distiller is not None:
                 setup.distiller.load_state_dict(state.get("distill"), model)
+            if flips is not None:
+                flips.track_new_layers()  # the layers a restored stage 2 made binary
+                flips.load_state_dict(state.get("flip_ratio"))
             if main:
                 _rewrite_metrics(run_dir / METRICS_FILE, history)
                 _keep_grad_stats_before(run_dir, step)
@@ -722,6 +730,8 @@ def _train(
                         sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
                     if setup.distiller is not None:
                         setup.distiller.on_epoch_start(epoch, model)  # Real-to-Binary's stage 2, when due
+                        if flips is not None:
+                            flips.track_new_layers()  # stage 2's binarised layers, from their first binary step
                     model.train()
                     t0 = time.perf_counter()
                     bar = tqdm(

@@ -112,10 +112,12 @@ def adamw(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
 
 @register_optimizer("dessilbi")
 def dessilbi(params: Iterable[Any], cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """DessiLBI (Fu et al. 2020) over the model's conv/linear weights; ``optim.extra`` takes kappa, mu, adam, ...
+    """DessiLBI (Fu et al. 2020) over ``params``, sparse on their conv/linear weights; ``optim.extra`` takes kappa, mu, adam, ...
 
     See :class:`lowbit.optim.DessiLBI` for the update. The Adam flavour uses
-    ``optim.betas`` / ``optim.eps`` when ``extra.adam`` is true.
+    ``optim.betas`` / ``optim.eps`` when ``extra.adam`` is true. ``params`` is every
+    parameter for a plain ``optim.name: dessilbi``, or a group's selection in
+    ``optim.groups`` (the other parameters belong to other optimizers).
     """
     from lowbit.optim import DessiLBI, dessilbi_param_groups
 
@@ -124,9 +126,17 @@ def dessilbi(params: Iterable[Any], cfg: OptimConfig, model: torch.nn.Module) ->
     if extra.get("adam"):
         extra.setdefault("betas", tuple(cfg.betas))
         extra.setdefault("eps", cfg.eps)
+    selected = {id(p) for p in params}
+    groups = [
+        {**group, "params": [(n, p) for n, p in group["params"] if id(p) in selected]}
+        for group in dessilbi_param_groups(model, **group_options)
+    ]
+    groups = [group for group in groups if group["params"]]
+    if not groups:
+        raise ValueError("optim: DessiLBI got no parameter to train (its group selects none of the model's)")
     try:
         return DessiLBI(
-            dessilbi_param_groups(model, **group_options),
+            groups,
             lr=cfg.lr,
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,

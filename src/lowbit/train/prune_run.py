@@ -48,9 +48,11 @@ def prune_run(
         setup = build(config, resolve_device(config.run.device))
     setup.model.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])
-    dessilbi = isinstance(setup.optimizer, DessiLBI)
+    cases = getattr(setup.optimizer, "optimizers", None)  # optim.groups: DessiLBI may be one case
+    candidates = list(cases.values()) if isinstance(cases, dict) else [setup.optimizer]
+    dessilbi = next((o for o in candidates if isinstance(o, DessiLBI)), None)
     by = by or ("gamma" if dessilbi else "magnitude")
-    if by == "gamma" and not dessilbi:
+    if by == "gamma" and dessilbi is None:
         raise ValueError(f"{str(run_dir)!r} was trained with {config.optim.name!r}: it has no Gamma; use by='magnitude'")
     return pruning_table(
         setup.model,
@@ -58,7 +60,7 @@ def prune_run(
         layer_sets,
         percents,
         by,
-        source=setup.optimizer if dessilbi else None,
+        source=dessilbi,
     )
 
 

@@ -17,7 +17,8 @@
 // are read together (checked): the loops then walk memory in storage order. Weight tensors
 // are contiguous (C, K) with one scale per row (or a single scale). float32 and float64.
 // The loops are compiled for AVX-512, AVX2 and the baseline, chosen at load time (GCC's
-// target_clones on x86-64 Linux), and run in parallel with ATen's thread pool.
+// target_clones on x86-64 Linux; -DLOWBIT_NO_CLONES builds the baseline alone, which the tests
+// compare), and run in parallel with ATen's thread pool.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -27,7 +28,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(LOWBIT_NO_CLONES)
 #define LOWBIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define LOWBIT_CLONES

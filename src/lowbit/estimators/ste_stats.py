@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.estimators import ModuleObjective, resolve_surrogate, ste_gradient
+from lowbit.estimators.objective import ModuleObjective, resolve_surrogate
+from lowbit.estimators.ste import ste_gradient
 
 
 def ste_gradients(
