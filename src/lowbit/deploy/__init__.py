@@ -4,6 +4,7 @@
 >>> packed(x)                                  # = set_exact_eval(model.eval())(x), bit for bit
 >>> print(format_packed_summary(packed_summary(model, packed)))
 >>> save_packed("model.packed.pt", packed, spec); load_packed("model.packed.pt")
+>>> torch.export.export(packed, (x,))          # also torch.compile, torch.jit.trace: custom ops (ops.py)
 
 ``lowbit export RUN_DIR --format onnx|packed`` does it for a trained run. See
 docs/deploy.md: how a packed layer computes, the kernels, the packed format, the

@@ -106,7 +106,18 @@ def batches(inputs: torch.Tensor, size: int = CHECK_BATCH) -> Iterator[torch.Ten
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: PathLike) -> Path:
-    """``model`` (eval mode) to ONNX at ``path`` with the dynamo exporter, batch dimension dynamic."""
+    """``model`` (eval mode) to ONNX at ``path`` with the dynamo exporter, batch dimension dynamic.
+
+    A packed model is refused (ValueError) before any tracing: its XNOR-popcount custom ops
+    have no ONNX translation (``lowbit.deploy.ops``).
+    """
+    custom_ops = sorted({op for m in model.modules() for op in getattr(m, "custom_ops", ())})
+    if custom_ops:
+        raise ValueError(
+            "custom op lowbit::binary_layer has no ONNX translation; export the float/binary model with "
+            f"--format onnx instead\n(the packed model calls {', '.join(custom_ops)}; onnxruntime has no popcount "
+            "op; torch.export and torch.compile run the packed model)"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1)

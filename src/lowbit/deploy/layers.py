@@ -14,6 +14,10 @@ feeds a sign through an optional BatchNorm, bits again (``fold.sign_thresholds``
 
 Tensors between packed layers: (N, H, W, G, Wg) int64 words, G the channel groups
 of the consumer (a linear layer's input is (N, 1, 1, 1, Wg)).
+
+The kernels are called through ``lowbit.deploy.ops``: directly in eager mode, as the
+torch custom ops ``lowbit::pack_signs`` / ``lowbit::binary_layer`` while torch.export,
+torch.compile or torch.jit.trace records the forward.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from lowbit.deploy import kernels
+from lowbit.deploy import ops
 from lowbit.deploy.bits import pack_bits
 from lowbit.deploy.fold import sign_thresholds
 from lowbit.deploy.im2col import conv_output_size, padding_correction
@@ -94,34 +98,42 @@ class _PackedBinaryLayer(nn.Module):
             s, t = sign_thresholds(self.alpha, self.bias, out_bn, self.k, spatial=isinstance(self, PackedBinaryConv2d))
             self.register_buffer("out_sign", s)
             self.register_buffer("out_threshold", t)
-        self._panel: Optional[torch.Tensor] = None
+        # Derived from weight_words, so not in the state dict; a buffer (not a cache filled at the first
+        # call) so that torch.export and torch.compile see a module buffer, never a tensor made while tracing.
+        self.register_buffer("weight_panel", self._make_panel(), persistent=False)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._panel = None  # rebuilt from the loaded weight_words
+        self.weight_panel = self._make_panel()  # from the loaded weight_words
+
+    def _make_panel(self) -> torch.Tensor:
+        c_per_group = self.out_channels // self.groups
+        padded = -(-c_per_group // _PANEL_COLUMNS) * _PANEL_COLUMNS
+        words = self.weight_words.reshape(self.groups, c_per_group, -1).transpose(1, 2)  # (G, Kw, C/G)
+        return torch.nn.functional.pad(words, (0, padded - c_per_group)).contiguous()  # (G, Kw, Np)
 
     def panel(self) -> torch.Tensor:
         """(G, Kw, Np) int64: weight_words per group, transposed, columns zero-padded to a multiple of 32."""
-        if self._panel is None:
-            c_per_group = self.out_channels // self.groups
-            padded = -(-c_per_group // _PANEL_COLUMNS) * _PANEL_COLUMNS
-            words = self.weight_words.reshape(self.groups, c_per_group, -1).transpose(1, 2)  # (G, Kw, C/G)
-            self._panel = torch.nn.functional.pad(words, (0, padded - c_per_group)).contiguous()
-        return self._panel
+        return self._buffers["weight_panel"]  # not self.weight_panel: nn.Module.__getattr__ costs 0.5 us a call
 
     def _run(self, bits: torch.Tensor, geometry: Sequence[int], correction: Optional[torch.Tensor]) -> torch.Tensor:
         """Bits (N, H, W, G, Wg) -> float (N, C_out, H', W') or bits (N, H', W', G', Wg')."""
         n = self.out_channels // self.groups
         if self.output_bits:
-            return kernels.binary_layer(
+            return ops.binary_layer(
                 bits, self.panel(), n, geometry, self.k, correction,
                 sign=self.out_sign, threshold=self.out_threshold, out_groups=self.out_groups,
             )
-        return kernels.binary_layer(bits, self.panel(), n, geometry, self.k, correction, alpha=self.alpha, bias=self.bias)
+        return ops.binary_layer(bits, self.panel(), n, geometry, self.k, correction, alpha=self.alpha, bias=self.bias)
+
+    @property
+    def custom_ops(self) -> Tuple[str, ...]:
+        """The torch custom ops this layer calls (``lowbit.deploy.ops``): what a graph of it contains."""
+        return ("lowbit::binary_layer",) if self.input_is_bits else ("lowbit::pack_signs", "lowbit::binary_layer")
 
     def packed_bytes(self) -> Dict[str, int]:
         """Bytes of the packed weights and of the per-channel extras (scale, bias, thresholds, padding table)."""
-        extras = sum(b.numel() * b.element_size() for name, b in self.named_buffers() if name != "weight_words")
+        extras = sum(b.numel() * b.element_size() for name, b in self.named_buffers() if name not in ("weight_words", "weight_panel"))
         return {"weights": self.weight_words.numel() * 8, "extras": extras}
 
 
@@ -161,13 +173,17 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
 
         The first call for a size also checks that the conv window fits the input.
         """
-        if size not in self._corrections:
-            if min(conv_output_size(size, self.kernel_size, self.stride, self.padding, self.dilation)) <= 0:
-                raise ValueError(f"input {size[0]}x{size[1]} is smaller than the conv window of {self.extra_repr()}")
-            self._corrections[size] = None if self.padding == (0, 0) else padding_correction(
-                self.tap_sums, size, self.groups, self.kernel_size, self.stride, self.padding, self.dilation
-            )
-        return self._corrections[size]
+        size = (int(size[0]), int(size[1]))  # plain ints (torch.jit.trace gives 0-d tensors: the size is fixed there)
+        if size in self._corrections:
+            return self._corrections[size]
+        if min(conv_output_size(size, self.kernel_size, self.stride, self.padding, self.dilation)) <= 0:
+            raise ValueError(f"input {size[0]}x{size[1]} is smaller than the conv window of {self.extra_repr()}")
+        table = None if self.padding == (0, 0) else padding_correction(
+            self.tap_sums, size, self.groups, self.kernel_size, self.stride, self.padding, self.dilation
+        )
+        if table is None or ops.concrete(table):  # a table computed on fake tensors (torch.export) is not kept
+            self._corrections[size] = table
+        return table
 
     # No torch.no_grad(): the kernels record no autograd graph (their inputs are bits and buffers), and the
     # context manager would cost a tenth of a small layer's time.
@@ -177,7 +193,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         else:
             if x.dim() != 4 or x.shape[1] != self.in_channels:
                 raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-            bits = kernels.pack_signs(x, self.groups)
+            bits = ops.pack_signs(x, self.groups)
         return self._run(bits, self._geometry, self.correction((bits.shape[1], bits.shape[2])))
 
     def extra_repr(self) -> str:
@@ -214,7 +230,7 @@ class PackedBinaryLinear(_PackedBinaryLayer):
                 raise ValueError(f"expected input (..., {self.in_features}), got {tuple(x.shape)}")
             leading = tuple(x.shape[:-1])
             flat = x.reshape(-1, self.in_features, 1, 1)  # (N, C_in, 1, 1)
-            bits = kernels.pack_signs(flat, 1)
+            bits = ops.pack_signs(flat, 1)
         out = self._run(bits, (1, 1, 1, 1, 0, 0, 1, 1), None)
         if self.output_bits:
             return out  # (N, 1, 1, G', Wg')

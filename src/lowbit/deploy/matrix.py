@@ -3,8 +3,10 @@
     python -m lowbit.deploy.matrix            # prints the Markdown table of docs/deploy.md
     python -m lowbit.deploy.matrix --fast     # torch.compile with the eager backend (no C++ codegen)
 
-Every cell is an attempt, not a claim: the model is exported (or scripted, compiled,
-reloaded) and its output on a random batch compared with eager PyTorch in eval mode.
+Every cell is an attempt, not a claim: the model is exported (or scripted, traced,
+compiled, reloaded) on one random batch and its output on another batch of the same
+shape (new values: a trace that recorded constants fails) compared with eager PyTorch
+in eval mode.
 A cell reads "yes (bit for bit)", "yes (max abs diff ...)", or "no: <the error>";
 ``torch.compile`` runs with the inductor backend (``--fast``: eager) and says
 whether the whole forward compiled as one graph.
@@ -91,7 +93,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {line[:160]}"
 
 
-def try_state_dict(make: Callable[[], nn.Module], x: torch.Tensor) -> str:
+def try_state_dict(make: Callable[[], nn.Module], x: torch.Tensor, check: torch.Tensor) -> str:
     model = make()
     if type(model).__name__ == "PackedModel":
         from lowbit.deploy.export import load_packed, save_packed
@@ -99,7 +101,7 @@ def try_state_dict(make: Callable[[], nn.Module], x: torch.Tensor) -> str:
         spec = {"name": "xnor_resnet18", "num_classes": 10, "in_channels": 3, "kwargs": {"width": 8}}
         with tempfile.TemporaryDirectory() as tmp:
             loaded, _ = load_packed(save_packed(Path(tmp) / "model.packed.pt", model, spec))
-        return "packed format: " + _agreement(model(x), loaded(x))
+        return "packed format: " + _agreement(model(check), loaded(check))
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
@@ -108,17 +110,17 @@ def try_state_dict(make: Callable[[], nn.Module], x: torch.Tensor) -> str:
         p.data.normal_()  # make sure the load, not the seed, gives the weights
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     with torch.no_grad():
-        return _agreement(model(x), fresh(x))
+        return _agreement(model(check), fresh(check))
 
 
-def try_export(make: Callable[[], nn.Module], x: torch.Tensor) -> str:
+def try_export(make: Callable[[], nn.Module], x: torch.Tensor, check: torch.Tensor) -> str:
     model = make()
     program = torch.export.export(model, (x,))
     with torch.no_grad():
-        return _agreement(model(x), program.module()(x))
+        return _agreement(model(check), program.module()(check))
 
 
-def try_onnx(make: Callable[[], nn.Module], x: torch.Tensor) -> str:
+def try_onnx(make: Callable[[], nn.Module], x: torch.Tensor, check: torch.Tensor) -> str:
     import onnxruntime
 
     from lowbit.deploy.export import export_onnx
@@ -126,7 +128,7 @@ def try_onnx(make: Callable[[], nn.Module], x: torch.Tensor) -> str:
     model = make()
     results = []
     with torch.no_grad():
-        reference = model(x)
+        reference = model(check)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, x, Path(tmp) / "model.onnx")
         for label, level in (
@@ -136,59 +138,62 @@ def try_onnx(make: Callable[[], nn.Module], x: torch.Tensor) -> str:
             options = onnxruntime.SessionOptions()
             options.graph_optimization_level = level
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+            out = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: check.numpy()})[0])
             results.append(f"{label}: {_agreement(reference, out)}")
     return "; ".join(results)
 
 
-def try_torchscript(make: Callable[[], nn.Module], x: torch.Tensor) -> str:
+def try_torchscript(make: Callable[[], nn.Module], x: torch.Tensor, check: torch.Tensor) -> str:
     model = make()
     try:
         scripted = torch.jit.script(model)
         with torch.no_grad():
-            return "script: " + _agreement(model(x), scripted(x))
+            return "script: " + _agreement(model(check), scripted(check))
     except Exception as error:
         script_error = _first_line(error)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(copy.deepcopy(model), (x,), check_trace=False)
     with torch.no_grad():
-        return f"trace: {_agreement(model(x), traced(x))}; script: no ({script_error})"
+        return f"trace: {_agreement(model(check), traced(check))}; script: no ({script_error})"
 
 
-def try_compile(make: Callable[[], nn.Module], x: torch.Tensor, backend: str = "inductor") -> str:
+def try_compile(make: Callable[[], nn.Module], x: torch.Tensor, check: torch.Tensor, backend: str = "inductor") -> str:
     import torch._dynamo
 
     torch._dynamo.reset()
     model = make()
     with torch.no_grad():
-        reference = model(x)
+        reference = model(check)
         try:
-            return f"{_agreement(reference, torch.compile(model, backend=backend, fullgraph=True)(x))}, fullgraph"
+            compiled = torch.compile(model, backend=backend, fullgraph=True)
+            compiled(x)
+            return f"{_agreement(reference, compiled(check))}, fullgraph"
         except Exception as error:
             whole = _first_line(error)
         torch._dynamo.reset()
         explanation = torch._dynamo.explain(model)(x)
-        out = torch.compile(model, backend=backend)(x)
+        out = torch.compile(model, backend=backend)(check)
     return f"{_agreement(reference, out)} with {explanation.graph_break_count} graph breaks; fullgraph: no ({whole})"
 
 
 def support_matrix(fast: bool = False, width: int = 8) -> List[Tuple[str, Dict[str, str]]]:
     """[(model name, {format: outcome})] for every model of :func:`models` and every format."""
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # exported, traced, compiled on
+    check = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # compared on
     attempts = {
         "state_dict": try_state_dict,
         "torch.export": try_export,
         "ONNX (dynamo) + onnxruntime": try_onnx,
         "TorchScript": try_torchscript,
-        "torch.compile": lambda make, x: try_compile(make, x, "eager" if fast else "inductor"),
+        "torch.compile": lambda make, x, check: try_compile(make, x, check, "eager" if fast else "inductor"),
     }
     rows = []
     for name, make in models(width).items():
         cells = {}
         for fmt in FORMATS:
             try:
-                cells[fmt] = attempts[fmt](make, x)
+                cells[fmt] = attempts[fmt](make, x, check)
             except Exception as error:
                 cells[fmt] = f"no: {_first_line(error)}"
         rows.append((name, cells))
