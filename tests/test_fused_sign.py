@@ -327,3 +327,19 @@ def test_the_baseline_build_gives_the_bits_of_the_vectorised_clones():
         assert bits_equal(fast.signed_grad(gw, w), base.signed_grad(gw, w))
         assert bits_equal(fast.xnor_weight_grad(gw, w, alpha, alpha * 0.5), base.xnor_weight_grad(gw, w, alpha, alpha * 0.5))
         assert bits_equal(fast.clipped_scaled_grad(gw, w, alpha, 0.5), base.clipped_scaled_grad(gw, w, alpha, 0.5))
+
+
+def test_fake_tensors_and_make_fx_take_the_aten_path():
+    # torch.export (non-strict), FakeTensorMode and make_fx hand the quantizers tensors without data
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with FakeTensorMode():
+        layer = BinaryConv2d(3, 4, 3)
+        x = torch.randn(2, 3, 8, 8, requires_grad=True)
+        y = layer(x)
+        y.sum().backward()
+    assert y.shape == (2, 4, 6, 6) and x.grad.shape == x.shape
+    graph = make_fx(lambda t: sign_ste(t, "ste_clipped"))(torch.randn(3))
+    ops = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    assert "aten.ge.Scalar_out" in ops  # the ATen form was recorded, not an opaque C++ call

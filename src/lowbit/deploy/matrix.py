@@ -82,9 +82,14 @@ def _agreement(reference: torch.Tensor, out: torch.Tensor) -> str:
     if torch.equal(reference, out):
         return "yes (bit for bit)"
     diff = float((reference - out).abs().max())
-    if not torch.allclose(reference, out, rtol=1e-4, atol=1e-4):
-        return f"no (runs, wrong output: max abs diff {diff:.1e})"
-    return f"yes (max abs diff {diff:.1e})"
+    far = ~torch.isclose(reference, out, rtol=1e-4, atol=1e-4)
+    if not far.any():
+        return f"yes (max abs diff {diff:.1e})"
+    # A quantized model's logits jump where a rounding lands on a tie (docs/deploy.md): same predictions,
+    # logits off by a quantization step, is told apart from a wrong graph.
+    if torch.equal(reference.argmax(-1), out.argmax(-1)):
+        return f"partly: same predictions, {int(far.sum())} of {far.numel()} logits off by up to {diff:.1e}"
+    return f"no (runs, wrong output: max abs diff {diff:.1e})"
 
 
 def _first_line(error: BaseException) -> str:

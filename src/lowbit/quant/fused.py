@@ -94,10 +94,12 @@ def fused_available() -> bool:
 
 
 def _is_eager(x: torch.Tensor) -> bool:
-    # A plain eager tensor: not a torch.func-wrapped one, not while compiling or tracing, not a
-    # forward-mode dual tensor (the ATen path carries tangents).
+    # A plain eager tensor: not a torch.func-wrapped one, not while compiling or tracing, not under
+    # a dispatch mode, not a forward-mode dual tensor (the ATen path carries tangents).
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
+    if type(x) not in (torch.Tensor, torch.nn.Parameter) or torch._C._len_torch_dispatch_stack() > 0:
+        return False  # fake, functional or other subclass tensors, or a dispatch mode (make_fx): no data to read
     if torch._C._functorch.is_functorch_wrapped_tensor(x):
         return False
     return forward_ad._current_level < 0 or forward_ad.unpack_dual(x).tangent is None
