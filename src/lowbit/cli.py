@@ -21,6 +21,7 @@ import warnings
 from typing import Optional, Sequence
 
 import lowbit
+from lowbit.allocator import apply_policy
 from lowbit.cli_args import IntermixedParser
 from lowbit.files import storage_error
 from lowbit.plugins import import_plugins, load_entry_point_plugins, merge_plugins
@@ -96,6 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = getattr(args, "debug", False)
     words = " ".join(filter(None, [args.command, getattr(args, "analysis", None)]))
     try:
+        apply_policy()  # keep freed memory in the process (lowbit.allocator; LOWBIT_MALLOC=default to not)
         load_entry_point_plugins()  # installed plugin packages; a broken one is one line, before any work
         import_plugins(args.imports, "--import")
         with _one_line_warnings(words):
