@@ -22,9 +22,10 @@ replaces, so values and gradients are bit for bit those of the unfused path
 (tests/test_fused_sign.py), NaN, +-0 and inf included. ``swish_sign`` and the k-bit
 quantizers are not fused.
 
-When: eager CPU float32 / float64 tensors, contiguous or channels_last. Under ``torch.func`` transforms, ``torch.compile``,
-on other devices and dtypes, and where the C++ build failed (no compiler), the callers
-keep the ATen path, which gives the same values. ``LOWBIT_FUSED_SIGN=0`` (read once) or
+When: eager CPU float32 / float64 tensors, contiguous or channels_last. Under ``torch.func``
+transforms, ``torch.compile``, ``torch.jit.trace``, fake tensors and dispatch modes (export),
+on other devices and dtypes, and where the C++ build failed (no compiler), the callers keep
+the ATen path, which gives the same values. ``LOWBIT_FUSED_SIGN=0`` (read once) or
 :func:`set_fused` / :func:`use_fused` switch the kernels off, e.g. to compare.
 A double backward (``create_graph=True``) runs the same formulas in differentiable ATen
 operations; forward-mode dual tensors take the ATen path.

@@ -114,7 +114,7 @@ inline void clipped_scaled_range(const T* g, const T* w, T* out, int64_t n, T a,
   for (int64_t i = 0; i < n; ++i) out[i] = keep_or_zero(std::abs(w[i]) <= bound, g[i] * a);
 }
 
-// One compiled (and cloned) entry per loop and dtype.
+// One compiled (and cloned) entry per loop and dtype, gathered in Loops_f32 / Loops_f64.
 #define LOWBIT_LOOPS(T, S)                                                                                      \
   LOWBIT_CLONES void sign_##S(const T* x, T* y, int64_t n) { sign_range(x, y, n); }                            \
   LOWBIT_CLONES void sign_mask_##S(const T* x, T* y, uint8_t* m, int64_t n, T b) { sign_mask_range(x, y, m, n, b); } \
@@ -127,38 +127,27 @@ inline void clipped_scaled_range(const T* g, const T* w, T* out, int64_t n, T a,
   LOWBIT_CLONES void xnor_grad_##S(const T* g, const T* w, T* o, int64_t n, T a, T q) { xnor_grad_range(g, w, o, n, a, q); } \
   LOWBIT_CLONES void clipped_scaled_##S(const T* g, const T* w, T* o, int64_t n, T a, T b) {                  \
     clipped_scaled_range(g, w, o, n, a, b);                                                                    \
-  }
+  }                                                                                                            \
+  struct Loops_##S {                                                                                           \
+    static constexpr auto sign = sign_##S;                                                                     \
+    static constexpr auto sign_mask = sign_mask_##S;                                                           \
+    static constexpr auto masked_grad = masked_grad_##S;                                                       \
+    static constexpr auto approx = approx_##S;                                                                 \
+    static constexpr auto scaled_sign = scaled_sign_##S;                                                       \
+    static constexpr auto signed_grad = signed_grad_##S;                                                       \
+    static constexpr auto xnor_grad = xnor_grad_##S;                                                           \
+    static constexpr auto clipped_scaled = clipped_scaled_##S;                                                 \
+  };
 
 LOWBIT_LOOPS(float, f32)
 LOWBIT_LOOPS(double, f64)
 
-struct Loops32 {
-  static constexpr auto sign = sign_f32;
-  static constexpr auto sign_mask = sign_mask_f32;
-  static constexpr auto masked_grad = masked_grad_f32;
-  static constexpr auto approx = approx_f32;
-  static constexpr auto scaled_sign = scaled_sign_f32;
-  static constexpr auto signed_grad = signed_grad_f32;
-  static constexpr auto xnor_grad = xnor_grad_f32;
-  static constexpr auto clipped_scaled = clipped_scaled_f32;
-};
-struct Loops64 {
-  static constexpr auto sign = sign_f64;
-  static constexpr auto sign_mask = sign_mask_f64;
-  static constexpr auto masked_grad = masked_grad_f64;
-  static constexpr auto approx = approx_f64;
-  static constexpr auto scaled_sign = scaled_sign_f64;
-  static constexpr auto signed_grad = signed_grad_f64;
-  static constexpr auto xnor_grad = xnor_grad_f64;
-  static constexpr auto clipped_scaled = clipped_scaled_f64;
-};
-
 template <typename T>
 struct LoopsFor;
 template <>
-struct LoopsFor<float> : Loops32 {};
+struct LoopsFor<float> : Loops_f32 {};
 template <>
-struct LoopsFor<double> : Loops64 {};
+struct LoopsFor<double> : Loops_f64 {};
 
 void check_dense(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
