@@ -47,11 +47,20 @@ def test_kept_memory_is_reused_without_page_faults():
     assert sum(kept_counts[-10:]) < pages // 20, kept_counts
 
 
-CLI = "from lowbit.cli import main; code = main(['models']); from lowbit.allocator import current_policy; print(code, current_policy())"
+TRAIN = (
+    "import sys; from lowbit.cli import main; from lowbit.allocator import current_policy; "
+    "code = main(['train', 'digits', 'run.epochs=1', 'data.train_subset=64', 'data.test_subset=32', "
+    "'run.tensorboard=false', '--quiet', '--runs-dir', sys.argv[1]]); print(code, current_policy())"
+)
 
 
-def test_the_command_applies_the_policy_unless_told_not_to():
-    assert _run("-c", CLI).stdout.split()[-2:] == ["0", "keep"]
-    assert _run("-c", CLI, LOWBIT_MALLOC="default").stdout.split()[-2:] == ["0", "None"]
+def test_the_command_applies_the_policy_unless_told_not_to_and_meta_yaml_records_it(tmp_path):
+    import yaml
+
+    for env, printed, recorded in (({}, "keep", "keep"), ({"LOWBIT_MALLOC": "default"}, "None", "default")):
+        done = _run("-c", TRAIN, str(tmp_path / recorded), **env)
+        assert done.stdout.split()[-2:] == ["0", printed], done.stderr
+        (run_dir,) = (tmp_path / recorded).iterdir()
+        assert yaml.safe_load((run_dir / "meta.yaml").read_text())["malloc"] == recorded  # CPU times depend on it
     bad = _run("-m", "lowbit", "models", LOWBIT_MALLOC="sometimes")
     assert bad.returncode == 2 and "LOWBIT_MALLOC must be one of keep, default, got 'sometimes'" in bad.stderr

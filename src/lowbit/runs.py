@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import yaml
 
+from lowbit.allocator import current_policy
 from lowbit.config import get_dotted, save_config, to_dict
 from lowbit.provenance import code_provenance
 from lowbit.files import (
@@ -430,6 +431,7 @@ def environment_info() -> Dict[str, Any]:
         **code_provenance(),
         "machine": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "malloc": current_policy() or "default",  # lowbit.allocator: CPU times depend on it, the numbers not
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     }
