@@ -19,7 +19,7 @@ Math, naming (the paper's ν is ``mu``) and measured results: ``docs/dessilbi.md
 from __future__ import annotations
 
 from lowbit.optim.bop import Bop, bop_update_
-from lowbit.optim.case import CaseOptimizer, case_optimizer
+from lowbit.optim.case import CaseOptimizer, case_optimizer, leaf_optimizers
 from lowbit.optim.dessilbi import DessiLBI, dessilbi_param_groups
 from lowbit.optim.functional import (
     adam_direction,
@@ -52,6 +52,7 @@ __all__ = [
     "adam_direction",
     "bop_update_",
     "case_optimizer",
+    "leaf_optimizers",
     "dessilbi_param_groups",
     "dessilbi_step",
     "format_pruning_table",

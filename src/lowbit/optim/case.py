@@ -192,4 +192,11 @@ def case_optimizer(
     return CaseOptimizer(optimizers)
 
 
-__all__ = ["CaseOptimizer", "case_optimizer"]
+def leaf_optimizers(optimizer: Optimizer) -> List[Optimizer]:
+    """The optimizers that update parameters: a :class:`CaseOptimizer`'s cases in order, else ``[optimizer]``."""
+    if isinstance(optimizer, CaseOptimizer):
+        return list(optimizer.optimizers.values())
+    return [optimizer]
+
+
+__all__ = ["CaseOptimizer", "case_optimizer", "leaf_optimizers"]

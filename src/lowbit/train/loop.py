@@ -192,8 +192,9 @@ def _sparsity_columns(optimizer: torch.optim.Optimizer) -> Dict[str, float]:
     Columns ``gamma_sparsity/<layer>``, ``gamma_sparsity`` (zero Γ entries over all
     registered entries) and ``residue`` of metrics.csv: the epoch-by-epoch sparsity path.
     """
-    cases = getattr(optimizer, "optimizers", None)  # a CaseOptimizer (optim.groups): its DessiLBI cases
-    tracking = [o for o in (cases.values() if isinstance(cases, dict) else [optimizer]) if hasattr(o, "named_gammas")]
+    from lowbit.optim import leaf_optimizers
+
+    tracking = [o for o in leaf_optimizers(optimizer) if hasattr(o, "named_gammas")]  # optim.groups: its cases
     if not tracking:
         return {}
     columns: Dict[str, float] = {}

@@ -34,7 +34,7 @@ def prune_run(
     import torch
 
     from lowbit.config import load_config
-    from lowbit.optim import DessiLBI, pruning_table
+    from lowbit.optim import DessiLBI, leaf_optimizers, pruning_table
     from lowbit.train.checkpoint import checkpoint_path, load_checkpoint
     from lowbit.train.config import TrainConfig
     from lowbit.train.loop import _with, build, evaluate, resolve_device
@@ -48,9 +48,7 @@ def prune_run(
         setup = build(config, resolve_device(config.run.device))
     setup.model.load_state_dict(state["model"])
     setup.optimizer.load_state_dict(state["optimizer"])
-    cases = getattr(setup.optimizer, "optimizers", None)  # optim.groups: DessiLBI may be one case
-    candidates = list(cases.values()) if isinstance(cases, dict) else [setup.optimizer]
-    dessilbi = next((o for o in candidates if isinstance(o, DessiLBI)), None)
+    dessilbi = next((o for o in leaf_optimizers(setup.optimizer) if isinstance(o, DessiLBI)), None)  # optim.groups too
     by = by or ("gamma" if dessilbi else "magnitude")
     if by == "gamma" and dessilbi is None:
         raise ValueError(f"{str(run_dir)!r} was trained with {config.optim.name!r}: it has no Gamma; use by='magnitude'")
