@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", default=None, help="folder with the data archives (default: $LOWBIT_DATA, else ./data)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N: overrides run.device")
+    parser.add_argument(
+        "--compile",
+        default=None,
+        metavar="MODE",
+        help="false, true or a torch.compile mode (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs): "
+        "overrides run.compile, also with --resume",
+    )
     parser.add_argument("--runs-dir", default="runs", help="where run directories are created (default: runs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -44,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from lowbit.train.compiler import CompileFailed, parse_compile_flag
     from lowbit.train.config import load_train_config
     from lowbit.train.loop import TrainingDiverged, TrainingInterrupted, train
     from lowbit.train.summary import run_summary, summary_table
@@ -52,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     progress = not args.quiet and sys.stderr.isatty()
     log = None if args.quiet else tqdm.write
-    common = dict(data_dir=args.data_dir, device=args.device, progress=progress, log=log)
     try:
+        compile_mode = None if args.compile is None else parse_compile_flag(args.compile)
+        common = dict(data_dir=args.data_dir, device=args.device, compile=compile_mode, progress=progress, log=log)
         if args.resume:
             if config_path or overrides:
                 raise ValueError("--resume continues a run with its saved config.yaml; give no config or overrides")
@@ -72,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    except TrainingDiverged as error:
+    except (TrainingDiverged, CompileFailed) as error:
         if args.debug:
             raise
         if main:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 from lowbit.devices import check_device_name
+from lowbit.registry import nearest
 from lowbit.tracking.base import MLflowConfig
 from lowbit.train.distill import DistillConfig
 from lowbit.train.grad_probe import GradProbeConfig
@@ -29,6 +30,9 @@ from lowbit.train.surrogate_schedule import SurrogateScheduleConfig
 
 # run.grad_stats_every when unset in a run with quant: (see RunConfig)
 DEFAULT_GRAD_STATS_EVERY = 50
+
+# run.compile: torch.compile's modes (torch._inductor.list_mode_options(); true means "default")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -271,6 +275,14 @@ class RunConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA or CPU (weights and optimizer stay fp32)
     allow_tf32: bool = False  # CUDA matmuls/convs in TensorFloat-32 (faster, ~3 decimal digits); off: exact fp32
     deterministic: bool = True  # torch.use_deterministic_algorithms; exact resume and repeatable runs
+    # torch.compile of the module the training step calls (lowbit.train.compiler, docs/training.md): false = eager;
+    # true = "default"; default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs. The
+    # numbers are eager's up to float rounding; the first step compiles (seconds on a CPU, minutes for max-autotune)
+    compile: Union[bool, str] = False
+    # the torch._dynamo backend run.compile uses: inductor (generated kernels) | aot_eager | eager (no code
+    # generation: quick checks that a model traces) | any name in torch._dynamo.list_backends(). Modes other than
+    # default need inductor
+    compile_backend: str = "inductor"
     threads: Optional[int] = None  # CPU threads for torch ops; None: torch's default (all cores). 1 is far
     # faster for small models on a CPU shared with other jobs (idle threads spin-wait for busy ones)
     init_from: Optional[str] = None  # checkpoint (e.g. RUN_DIR/checkpoints/last.pt) whose matching weights start the model
@@ -311,7 +323,27 @@ class RunConfig:
             errors.append(f"run.log_every must be >= 0 (0: no per-step points), got {self.log_every}")
         if self.grad_stats_every is not None and self.grad_stats_every < 0:
             errors.append(f"run.grad_stats_every must be >= 0 (0: off) or null (auto), got {self.grad_stats_every}")
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
+            hint = nearest(str(self.compile), COMPILE_MODES)
+            errors.append(
+                f"run.compile must be false, true or a torch.compile mode ({', '.join(COMPILE_MODES)}), got "
+                f"{self.compile!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+        if not (isinstance(self.compile_backend, str) and self.compile_backend):
+            errors.append(f"run.compile_backend must be a torch._dynamo backend name such as inductor, got {self.compile_backend!r}")
+        elif self.compile_mode not in (None, "default") and self.compile_backend != "inductor":
+            errors.append(
+                f"run.compile={self.compile!r} is a mode of the inductor backend; with run.compile_backend="
+                f"{self.compile_backend} use run.compile=true"
+            )
         _check(not errors, "; ".join(errors))
+
+    @property
+    def compile_mode(self) -> Optional[str]:
+        """``run.compile`` as a torch.compile mode: None when off (eager), ``"default"`` for true."""
+        if self.compile is False:
+            return None
+        return "default" if self.compile is True else self.compile
 
     def requested_trackers(self) -> Tuple[List[str], bool]:
         """``(tracker names, named explicitly)``: ``run.trackers``, else ``[tensorboard]`` per ``run.tensorboard``."""

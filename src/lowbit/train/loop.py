@@ -70,6 +70,7 @@ from lowbit.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from lowbit.train.compiler import CompileFailed, check_compile, compile_errors, compile_module, describe_compile
 from lowbit.train.config import TrainConfig
 from lowbit.train.distributed import Distributed, check_divisible, from_environment
 from lowbit.train.flips import flip_ratio_for
@@ -358,8 +359,8 @@ def _handle_signals(flag: _StopFlag):
 
 def _set_deterministic(mode: bool, warn_only: bool) -> None:
     # torch.use_deterministic_algorithms also sets the inductor compiler's flag, importing the whole
-    # compiler stack (1-2 s, 20 s on a loaded machine). This loop never compiles, so set the ATen flag
-    # directly unless the compiler is already loaded.
+    # compiler stack (1-2 s, 20 s on a loaded machine). An eager run does not need it, so set the ATen flag
+    # directly unless the compiler is already loaded (run.compile loads it first: lowbit.train.compiler).
     import sys
 
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
@@ -464,12 +465,15 @@ def _ask_callback(on_epoch: Callable[[Dict[str, Any]], Any], record: Dict[str, A
     return None
 
 
-def _with(config: TrainConfig, data_dir: Optional[str], device: Optional[str]) -> TrainConfig:
-    """``config`` with the command line's --data-dir / --device applied."""
+def _with(config: TrainConfig, data_dir: Optional[str], device: Optional[str],
+          compile: Optional[Union[bool, str]] = None) -> TrainConfig:
+    """``config`` with the command line's --data-dir / --device / --compile applied."""
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=str(data_dir)))
     if device is not None:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, device=device))
+    if compile is not None:  # RunConfig checks the value
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, compile=compile))
     return config
 
 
@@ -482,6 +486,7 @@ def train(
     runs_dir: PathLike = "runs",
     data_dir: Optional[str] = None,
     device: Optional[str] = None,
+    compile: Optional[Union[bool, str]] = None,
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
     force: bool = False,
@@ -497,9 +502,9 @@ def train(
             with its saved ``config.yaml`` (from the start if it stopped before its
             first checkpoint); a finished run only gets its report rebuilt. A
             ``config.yaml`` edited since the run started is refused, naming the
-            changed keys (only ``data.data_dir`` and ``run.device`` may change).
+            changed keys (only ``data.data_dir``, ``run.device``, ``run.compile`` and the tracking keys may change).
         force: resume even so (the run then mixes two configs).
-        data_dir, device: override ``data.data_dir`` / ``run.device`` (the CLI flags).
+        data_dir, device, compile: override ``data.data_dir`` / ``run.device`` / ``run.compile`` (the CLI flags).
         progress: show a tqdm bar per epoch.
         log: called with a start line and one line per epoch (the CLI passes ``tqdm.write``).
         on_epoch: called after every epoch, once its checkpoint is saved, with the epoch's metrics.csv
@@ -530,7 +535,7 @@ def train(
         if main:
             hold_run_lock(run_dir)
         config, state = load_resume_state(run_dir, data_dir, device, force)
-    config = _with(config or TrainConfig(), data_dir, device)
+    config = _with(config or TrainConfig(), data_dir, device, compile)
     if resume is None:
         check_config(config)  # the checks that need no data: before any is loaded or any folder is made
     if main:
@@ -541,6 +546,7 @@ def train(
         check_divisible(config.data.batch_size, rank.world_size)
         progress, log = (progress, log) if main else (False, None)
     dev = resolve_device(config.run.device if rank is None else str(rank.device(config.run.device)))
+    check_compile(config.run, dev)  # run.compile: the backend and its code generator, before any data is read
     set_tf32(config.run.allow_tf32)
     if state is not None and state.get("complete"):
         if main:
@@ -590,7 +596,9 @@ def _train(
 
             grad_probe = GradProbe(cfg.probe, setup, cfg.run.seed)  # checks the probed layers
         model, optimizer = setup.model, setup.optimizer
-        forward = model if rank is None else _ddp(model, dev)  # DDP averages the gradients over ranks
+        eager_forward = model if rank is None else _ddp(model, dev)  # DDP averages the gradients over ranks
+        # run.compile: the step calls the compiled module; everything else (checkpoints, evaluation, hooks) `model`
+        forward = compile_module(eager_forward, cfg.run) if cfg.run.compile_mode else eager_forward
         binary_later = setup.distiller is not None and bool(setup.distiller.stage2_layers)  # Real-to-Binary's stage 2
         flips = flip_ratio_for(model, cfg.run.flip_ratio, binary_later)  # None for a float model (lowbit.train.flips)
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
@@ -631,6 +639,8 @@ def _train(
                 f"{'resuming' if state else 'run'} {run_dir}: {cfg.model.name} ({setup.num_params:,} parameters) on "
                 f"{cfg.data.dataset} ({setup.train_images.shape[0]} train / {setup.test_images.shape[0]} test images), "
                 f"{cfg.run.epochs} epochs x {setup.steps_per_epoch} steps, {dev.type}"
+                + (f", {describe_compile(cfg.run.compile, cfg.run.compile_backend)}: the first step compiles"
+                   if cfg.run.compile_mode else "")
             )
 
         # ---- where to start: fresh, or exactly where the checkpoint left off
@@ -764,8 +774,10 @@ def _train(
                         if sampled:
                             stats.step = step  # optimizer steps before this one (0-based)
                             stats.attach()
-                        with autocast():
-                            logits = forward(x)  # (B, K); B / world_size under torchrun
+                        # GradientStats' hooks, attached for this step only, are invisible to a compiled graph
+                        # (dynamo does not guard on hooks): a sampled step runs eagerly, the same numbers
+                        with autocast(), compile_errors(cfg.run, step, run_dir):
+                            logits = (eager_forward if sampled else forward)(x)  # (B, K); B / world_size under torchrun
                             loss = setup.loss_fn(logits.float(), target)
                             if setup.distiller is not None:
                                 loss = setup.distiller.loss(x, logits.float(), loss)
@@ -778,7 +790,8 @@ def _train(
                             value = float("nan") if torch.isfinite(loss) else loss.item()  # finite here: another rank's
                             raise TrainingDiverged(_divergence_message(value, epoch, i, step, cfg, kept, model), run_dir)
                         optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
+                        with compile_errors(cfg.run, step, run_dir):  # AOTAutograd compiles the backward at its first call
+                            loss.backward()
                         if sampled:
                             stats.detach()
                         if cfg.optim.grad_clip is not None:
@@ -808,6 +821,8 @@ def _train(
                             raise TrainingInterrupted(run_dir, epoch + 1, step)
                     bar.close()
 
+                    # eager even under run.compile: eval-mode BatchNorm, the eval batch and the last partial batch
+                    # would each compile another graph (minutes under max-autotune) for a pass without a backward
                     test_loss, test_acc = evaluate(setup, autocast, rank)
                     check_checkpointable(model, epoch=epoch, step=step, batch=setup.steps_per_epoch,
                                          steps_per_epoch=setup.steps_per_epoch, test_loss=test_loss, kept=kept,
@@ -853,7 +868,7 @@ def _train(
                         break
         except BaseException as error:
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "diverged" if isinstance(error, TrainingDiverged) else "failed"
-            if isinstance(error, (TrainingInterrupted, TrainingDiverged)):
+            if isinstance(error, (TrainingInterrupted, TrainingDiverged, CompileFailed)):
                 with contextlib.suppress(Exception):
                     flush_stats()  # rows past the last checkpoint are dropped again on resume
                 if history and main:  # a report of what the run has so far

@@ -3,8 +3,9 @@
 The config is ``RUN_DIR/config.yaml``; it must be the config the finished part
 of the run was trained with (the checkpoint's ``config``, or, before the first
 checkpoint, ``.started-config.yaml``) except for the keys a resume may change,
-``data.data_dir`` and ``run.device`` (the ``--data-dir`` and ``--device``
-flags) and the tracking keys (``run.tensorboard``, ``run.trackers``,
+``data.data_dir``, ``run.device`` and ``run.compile`` (the ``--data-dir``, ``--device``
+and ``--compile`` flags; compiling changes the numbers by float rounding only, as a
+device does) and the tracking keys (``run.tensorboard``, ``run.trackers``,
 ``run.log_every``, ``run.mlflow``; they also let a run started before they
 existed be resumed). Anything else changed is refused with the changed keys named, unless
 ``force``. The checkpoint is loaded with ``weights_only=True`` and must hold
@@ -24,8 +25,10 @@ from lowbit.train.guards import nonfinite_tensor
 
 __all__ = ["CHANGEABLE_ON_RESUME", "load_resume_state"]
 
-# where the run reads its data and runs, and how it is recorded (the trackers): not what it computes
-CHANGEABLE_ON_RESUME = ("data.data_dir", "run.device", "run.tensorboard", "run.trackers", "run.log_every", "run.mlflow")
+# where the run reads its data and runs (and whether torch.compile runs it), and how it is recorded (the
+# trackers): not what it computes
+CHANGEABLE_ON_RESUME = ("data.data_dir", "run.device", "run.compile", "run.compile_backend", "run.tensorboard",
+                        "run.trackers", "run.log_every", "run.mlflow")
 
 
 # what a resumable checkpoint holds (see lowbit.train.checkpoint), with the types the loop relies on

@@ -404,6 +404,7 @@ def write_train_report(run_dir: PathLike) -> Path:
             f"- code: {describe_code(meta)}; torch {meta.get('torch')}, "
             f"python {meta.get('python')}",
             f"- machine: {meta.get('machine')}, {meta.get('cpu_threads')} torch threads, CUDA: {meta.get('cuda')}",
+            f"- execution: {_execution(config)}",
             f"- started: {meta.get('started')}",
             "",
         ]
@@ -411,6 +412,15 @@ def write_train_report(run_dir: PathLike) -> Path:
     path = run_dir / "report.md"
     atomic_write_text(path, text)
     return path
+
+
+def _execution(config: Mapping[str, Any]) -> str:
+    """Where and how the steps ran: ``run.device``, ``run.precision``, ``run.compile`` (with config.yaml's values)."""
+    from lowbit.train.compiler import describe_compile
+
+    precision = get_dotted(config, "run.precision", "fp32")
+    return (f"run.device {get_dotted(config, 'run.device', 'cpu')}, {'bf16 autocast' if precision == 'bf16' else precision}, "
+            f"{describe_compile(get_dotted(config, 'run.compile'), get_dotted(config, 'run.compile_backend'))}")
 
 
 # ---------------------------------------------------------------- against a baseline run
