@@ -12,6 +12,7 @@ See docs/training.md for the recipes in configs/train-*.yaml.
 from __future__ import annotations
 
 from lowbit.train.checkpoint import load_checkpoint, load_matching_weights
+from lowbit.train.compiler import CompileFailed
 from lowbit.train.config import (
     AugmentConfig,
     BinarizeConfig,
@@ -49,6 +50,7 @@ __all__ = [
     "AugmentConfig",
     "BinarizeConfig",
     "BopConfig",
+    "CompileFailed",
     "DataConfig",
     "FlipRatio",
     "DistillConfig",
