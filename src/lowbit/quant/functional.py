@@ -58,6 +58,34 @@ class _QuantizeWithSurrogate(torch.autograd.Function):
         return ctx.backward_fn(x, x_tangent)
 
 
+class _QuantizeWithSurrogateTraced(torch.autograd.Function):
+    """:class:`_QuantizeWithSurrogate` without ``jvp``, for TorchDynamo.
+
+    Dynamo cannot trace a Function that defines a custom ``jvp``: it breaks the
+    graph at every quantizer, and a binary ResNet-18 then compiles as ~30
+    separately guarded pieces (each block's forward recompiled per shape until
+    the recompile limit sends it back to eager). Forward-mode AD is not used
+    inside compiled code, so the traced form drops it and the training forward
+    compiles as one graph.
+    """
+
+    @staticmethod
+    def forward(x, forward_fn, backward_fn, *aux):
+        return forward_fn(x, *aux)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, backward_fn, *aux = inputs
+        ctx.save_for_backward(x)
+        ctx.backward_fn = backward_fn
+        ctx.num_aux = len(aux)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return (ctx.backward_fn(x, grad), None, None) + (None,) * ctx.num_aux
+
+
 def quantize_with_surrogate(
     x: torch.Tensor, forward_fn: ForwardFn, backward_fn: BackwardFn, *aux: torch.Tensor
 ) -> torch.Tensor:
@@ -68,12 +96,16 @@ def quantize_with_surrogate(
 
     While ``torch.compile`` / ``torch.export`` trace a forward that needs no
     gradient (no grad mode, or ``x`` does not require grad), this is
-    ``forward_fn(x, *aux)`` itself: the surrogate is never used there, and
-    TorchDynamo cannot trace a Function with a custom ``jvp``, so an inference
-    graph compiles whole (``fullgraph=True``).
+    ``forward_fn(x, *aux)`` itself: the surrogate is never used there, so an
+    inference graph compiles whole (``fullgraph=True``). A traced forward that
+    needs the gradient (``torch.compile`` of a training step) goes through
+    :class:`_QuantizeWithSurrogateTraced`, the same Function without forward
+    mode, which Dynamo traces into the graph.
     """
-    if torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
-        return forward_fn(x, *aux)
+    if torch.compiler.is_compiling():
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return forward_fn(x, *aux)
+        return _QuantizeWithSurrogateTraced.apply(x, forward_fn, backward_fn, *aux)
     return _QuantizeWithSurrogate.apply(x, forward_fn, backward_fn, *aux)
 
 
