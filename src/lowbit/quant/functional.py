@@ -23,14 +23,17 @@ ForwardFn = Callable[..., torch.Tensor]
 BackwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class _QuantizeWithSurrogate(torch.autograd.Function):
-    """forward = ``forward_fn(x, *aux)``; backward = ``backward_fn(x, grad)``.
+class _QuantizeWithSurrogateTraced(torch.autograd.Function):
+    """forward = ``forward_fn(x, *aux)``; backward = ``backward_fn(x, grad)``; no forward mode.
 
     ``aux`` are extra tensors the forward needs (e.g. uniform noise for
-    stochastic rounding); they receive no gradient.
+    stochastic rounding); they receive no gradient. This is the form
+    TorchDynamo traces: it cannot trace a Function that defines a custom
+    ``jvp``, and would break the graph at every quantizer (a binary ResNet-18
+    then compiles as ~30 separately guarded pieces, each block's forward
+    recompiled per shape until the recompile limit sends it back to eager).
+    Forward-mode AD is not used inside compiled code.
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, forward_fn, backward_fn, *aux):
@@ -40,7 +43,6 @@ class _QuantizeWithSurrogate(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, _, backward_fn, *aux = inputs
         ctx.save_for_backward(x)
-        ctx.save_for_forward(x)
         ctx.backward_fn = backward_fn
         ctx.num_aux = len(aux)
 
@@ -48,6 +50,17 @@ class _QuantizeWithSurrogate(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return (ctx.backward_fn(x, grad), None, None) + (None,) * ctx.num_aux
+
+
+class _QuantizeWithSurrogate(_QuantizeWithSurrogateTraced):
+    """The eager form: :class:`_QuantizeWithSurrogateTraced` plus forward mode and a generated vmap rule."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _QuantizeWithSurrogateTraced.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def jvp(ctx, x_tangent, *_):
@@ -56,34 +69,6 @@ class _QuantizeWithSurrogate(torch.autograd.Function):
         # the incoming gradient, this clips the tangent the same way.
         (x,) = ctx.saved_tensors
         return ctx.backward_fn(x, x_tangent)
-
-
-class _QuantizeWithSurrogateTraced(torch.autograd.Function):
-    """:class:`_QuantizeWithSurrogate` without ``jvp``, for TorchDynamo.
-
-    Dynamo cannot trace a Function that defines a custom ``jvp``: it breaks the
-    graph at every quantizer, and a binary ResNet-18 then compiles as ~30
-    separately guarded pieces (each block's forward recompiled per shape until
-    the recompile limit sends it back to eager). Forward-mode AD is not used
-    inside compiled code, so the traced form drops it and the training forward
-    compiles as one graph.
-    """
-
-    @staticmethod
-    def forward(x, forward_fn, backward_fn, *aux):
-        return forward_fn(x, *aux)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, _, backward_fn, *aux = inputs
-        ctx.save_for_backward(x)
-        ctx.backward_fn = backward_fn
-        ctx.num_aux = len(aux)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return (ctx.backward_fn(x, grad), None, None) + (None,) * ctx.num_aux
 
 
 def quantize_with_surrogate(
