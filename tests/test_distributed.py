@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lowbit.train.distributed import check_divisible, from_environment
 
@@ -39,6 +40,19 @@ def test_rendezvous_variables_are_checked():
         from_environment({**full, "RANK": "2"})
     with pytest.raises(ValueError, match="batch_size=30 is not divisible by the world size 4.*batch_size=28"):
         check_divisible(30, 4)
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    """Rank LOCAL_RANK=1 of a CUDA run on a 1-GPU machine (the GPU count is patched: no GPU here; the lent
+    GPU machine checks it for real in benchmarks/gpu_check.py's ddp section)."""
+    from lowbit.train.distributed import Distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert Distributed(rank=0, local_rank=0, world_size=2).device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=1 on cuda:1, but this machine has 1 CUDA device.*--nproc_per_node 1"):
+        Distributed(rank=1, local_rank=1, world_size=2).device("cuda")
+    assert Distributed(rank=1, local_rank=1, world_size=2).device("cpu") == torch.device("cpu")
 
 
 def test_sync_batchnorm_on_two_gloo_ranks_equals_one_process(tmp_path):

@@ -217,6 +217,8 @@ def test_ray_executor_equals_local(grid_sweep, ray_session, tmp_path):
     for a, b in zip(read_cells(ray_dir), read_cells(grid_sweep)):  # the cells' files came back to the driver
         assert _numbers(read_records(ray_dir / a.run_dir / "metrics.csv")) == _numbers(read_records(grid_sweep / b.run_dir / "metrics.csv"))
         assert (ray_dir / a.run_dir / "checkpoints" / "last.pt").is_file()
+        for cell_dir in (ray_dir / a.run_dir, grid_sweep / b.run_dir):  # lowbit.allocator's policy in both kinds of worker
+            assert yaml.safe_load((cell_dir / "meta.yaml").read_text())["malloc"] == "keep"
 
 
 # ---- failures, kills, resume

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -263,6 +265,78 @@ def test_mlflow_gets_params_metrics_status_and_a_resume_continues_its_run(tmp_pa
     metrics = read_records(run_dir / "metrics.csv")
     assert history(client, run.info.run_id, "test_acc") == [(r["epoch"], pytest.approx(r["test_acc"])) for r in metrics]
     assert [s for s, _ in history(client, run.info.run_id, "step/train_loss")] == [2, 4, 6, 8, 10, 12, 14, 16]
+
+
+@register_tracker("kill_once")
+class KillOnceTracker:
+    """SIGKILLs its own process the first time it is given optimizer step ``at_step`` (``marker`` remembers):
+    a run killed mid-epoch, after the trackers before it in ``run.trackers`` logged that step."""
+
+    marker = None  # a Path, set by the test
+    at_step = 12
+
+    @staticmethod
+    def missing():
+        return None
+
+    def __init__(self, context):
+        pass
+
+    def log_params(self, params):
+        pass
+
+    def log_scalars(self, scalars, step):
+        if step == self.at_step and "step/train_loss" in scalars and self.marker is not None and not self.marker.exists():
+            self.marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def log_summary(self, metrics):
+        pass
+
+    def close(self, status="complete"):
+        pass
+
+
+def test_flush_writes_tensorboard_events_now_and_skips_backends_without_flush(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trackers = open_trackers(["tensorboard", "recording"], TrackingContext(tmp_path, "train"))
+    trackers.log_scalars({"step/train_loss": 0.5}, 3)
+    trackers.flush()  # the recording backend has no flush: left alone
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("step/train_loss")] == [(3, 0.5)]
+    trackers.close()
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_with_every_point_logged_once(tmp_path, mlflow_uri):
+    """Killed 2 steps after epoch 1's checkpoint: nothing logged before it is lost (TensorBoard's queue is flushed
+    at each checkpoint), and the steps the killed attempt logged after it appear once after the resume."""
+    pytest.importorskip("tensorboard")
+    from faults import run_lowbit
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    KillOnceTracker.marker = tmp_path / "killed"
+    settings = tiny_overrides(**{"run.trackers": "[tensorboard, mlflow, kill_once]", "run.mlflow.tracking_uri": mlflow_uri,
+                                 "run.log_every": 2, "run.mlflow.experiment": "killed"})
+    result = run_lowbit(["train", *settings, "--quiet", "--runs-dir", str(tmp_path / "runs")])
+    assert result.rc == -signal.SIGKILL, result.err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 8  # epoch 1's; the kill came at step 12
+    client, run = mlflow_run(mlflow_uri, run_dir)
+    assert [s for s, _ in history(client, run.info.run_id, "step/train_loss")] == [2, 4, 6, 8, 10, 12]
+    before = dict(history(client, run.info.run_id, "step/train_loss"))
+
+    train(resume=run_dir)
+    after = history(client, run.info.run_id, "step/train_loss")
+    assert [s for s, _ in after] == [2, 4, 6, 8, 10, 12, 14, 16]  # 10 and 12 once: the resume skipped them
+    assert all(value == pytest.approx(before[s]) for s, value in after if s in before)  # an exact resume
+    assert [s for s, _ in history(client, run.info.run_id, "test_acc")] == [1, 2]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("step/train_loss")] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert [e.step for e in events.Scalars("test_acc")] == [1, 2]
 
 
 # ---- lowbit probe

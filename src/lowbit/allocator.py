@@ -16,7 +16,7 @@ peak (and the heap's fragmentation, ~30 % more resident memory measured there). 
 changes no number a run computes, only its speed.
 
 The ``lowbit`` command applies it at start (:func:`apply_policy`), and so do the
-sweep's worker processes; ``LOWBIT_MALLOC=default`` keeps glibc's own policy. From
+sweep's worker processes and Ray tasks; ``LOWBIT_MALLOC=default`` keeps glibc's own policy. From
 Python, call :func:`keep_freed_memory` yourself. Elsewhere than glibc (macOS, musl)
 this does nothing; jemalloc or tcmalloc (``LD_PRELOAD``) are the usual alternatives.
 """

@@ -109,6 +109,7 @@ def run_probe(
 
     def log_unit(position: int, records: list) -> None:
         trackers.log_scalars(unit_scalars(records), position)
+        trackers.flush()  # a unit takes seconds or more: its point on disk now, not 10 events later
 
     with sigterm_as_interrupt():
         try:

@@ -23,14 +23,17 @@ ForwardFn = Callable[..., torch.Tensor]
 BackwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class _QuantizeWithSurrogate(torch.autograd.Function):
-    """forward = ``forward_fn(x, *aux)``; backward = ``backward_fn(x, grad)``.
+class _QuantizeWithSurrogateTraced(torch.autograd.Function):
+    """forward = ``forward_fn(x, *aux)``; backward = ``backward_fn(x, grad)``; no forward mode.
 
     ``aux`` are extra tensors the forward needs (e.g. uniform noise for
-    stochastic rounding); they receive no gradient.
+    stochastic rounding); they receive no gradient. This is the form
+    TorchDynamo traces: it cannot trace a Function that defines a custom
+    ``jvp``, and would break the graph at every quantizer (a binary ResNet-18
+    then compiles as ~30 separately guarded pieces, each block's forward
+    recompiled per shape until the recompile limit sends it back to eager).
+    Forward-mode AD is not used inside compiled code.
     """
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, forward_fn, backward_fn, *aux):
@@ -40,7 +43,6 @@ class _QuantizeWithSurrogate(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, _, backward_fn, *aux = inputs
         ctx.save_for_backward(x)
-        ctx.save_for_forward(x)
         ctx.backward_fn = backward_fn
         ctx.num_aux = len(aux)
 
@@ -48,6 +50,17 @@ class _QuantizeWithSurrogate(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return (ctx.backward_fn(x, grad), None, None) + (None,) * ctx.num_aux
+
+
+class _QuantizeWithSurrogate(_QuantizeWithSurrogateTraced):
+    """The eager form: :class:`_QuantizeWithSurrogateTraced` plus forward mode and a generated vmap rule."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _QuantizeWithSurrogateTraced.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def jvp(ctx, x_tangent, *_):
@@ -68,12 +81,16 @@ def quantize_with_surrogate(
 
     While ``torch.compile`` / ``torch.export`` trace a forward that needs no
     gradient (no grad mode, or ``x`` does not require grad), this is
-    ``forward_fn(x, *aux)`` itself: the surrogate is never used there, and
-    TorchDynamo cannot trace a Function with a custom ``jvp``, so an inference
-    graph compiles whole (``fullgraph=True``).
+    ``forward_fn(x, *aux)`` itself: the surrogate is never used there, so an
+    inference graph compiles whole (``fullgraph=True``). A traced forward that
+    needs the gradient (``torch.compile`` of a training step) goes through
+    :class:`_QuantizeWithSurrogateTraced`, the same Function without forward
+    mode, which Dynamo traces into the graph.
     """
-    if torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
-        return forward_fn(x, *aux)
+    if torch.compiler.is_compiling():
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return forward_fn(x, *aux)
+        return _QuantizeWithSurrogateTraced.apply(x, forward_fn, backward_fn, *aux)
     return _QuantizeWithSurrogate.apply(x, forward_fn, backward_fn, *aux)
 
 

@@ -130,6 +130,9 @@ def _died(job: CellJob, exitcode: Optional[int]) -> CellOutcome:
 
 
 def _ray_execute(job: CellJob) -> CellOutcome:
+    from lowbit.allocator import apply_policy
+
+    apply_policy()  # as the lowbit command and the local workers do (a Ray worker is neither); LOWBIT_MALLOC=default: not
     return execute_cell(job)
 
 

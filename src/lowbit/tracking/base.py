@@ -48,6 +48,9 @@ class TrackingContext:
     resumed: bool = False  # a resumed run: continue the backend's run where it keeps one (MLflow)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     settings_key: str = "run.mlflow"  # where the mlflow settings sit in the command's config (for messages)
+    # a resumed training run: the optimizer steps of its checkpoint. Per-step points after it may have been
+    # logged by the attempt that was killed, and are logged again (TensorBoard purges them from this step + 1)
+    resume_step: Optional[int] = None
 
 
 @runtime_checkable
@@ -163,6 +166,18 @@ class Trackers:
         values = {str(k): v for k, v in ((k, _number(v)) for k, v in metrics.items()) if v is not None and math.isfinite(v)}
         for tracker in self.trackers:
             tracker.log_summary(values)
+
+    def flush(self) -> None:
+        """Write what the trackers hold in memory to their stores (those that buffer; ``flush`` is optional).
+
+        Called before each checkpoint: a process killed after the checkpoint then loses no point
+        the checkpoint counts as logged (a kill before it re-logs those steps, which the backends
+        take as the same points: TensorBoard drops the older, MLflow skips steps it holds).
+        """
+        for tracker in self.trackers:
+            flush = getattr(tracker, "flush", None)
+            if flush is not None:
+                flush()
 
     def close(self, status: str = "complete") -> None:
         """Close every tracker (each once); the first error is raised after all were tried."""

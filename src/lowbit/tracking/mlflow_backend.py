@@ -20,7 +20,7 @@ import importlib.util
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from lowbit.tracking.base import TrackingContext, register_tracker
 
@@ -69,6 +69,7 @@ class MLflowTracker:
         except Exception as error:  # noqa: BLE001 - any store problem: one line naming the store and the fix
             raise ValueError(_open_error(settings.tracking_uri, error, context.settings_key)) from error
         self.logged_params = set(self.client.get_run(self.run_id).data.params) if previous is not None else set()
+        self.logged_through = self._last_steps() if previous is not None else {}
 
     # ---- the interface
 
@@ -83,13 +84,20 @@ class MLflowTracker:
             self.logged_params.update(fresh)
 
     def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(mlflow_name(k), float(v), now, int(step)) for k, v in scalars.items()])
+        # a resumed run skips the steps its killed attempt logged after the last checkpoint (MLflow would
+        # keep both copies of each); they are the same numbers, as a resume is exact
+        fresh = {k: v for k, v in scalars.items() if int(step) > self.logged_through.get(mlflow_name(k), -1)}
+        self._log(fresh, step)
 
     def log_summary(self, metrics: Mapping[str, float]) -> None:
-        self.log_scalars(metrics, 0)
+        self._log(metrics, 0)  # always: a resumed run's summary replaces the stopped attempt's
+
+    def _log(self, scalars: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        if scalars:
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(mlflow_name(k), float(v), now, int(step)) for k, v in scalars.items()])
 
     def close(self, status: str = "complete") -> None:
         self.client.set_tag(self.run_id, "lowbit.status", status)
@@ -121,6 +129,11 @@ class MLflowTracker:
         except Exception:  # noqa: BLE001 - deleted from the store since: start a new MLflow run
             return None
         return str(saved["run_id"])
+
+    def _last_steps(self) -> Dict[str, int]:
+        """Metric name -> the last step an earlier attempt of this run logged (one query per metric)."""
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {key: max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1) for key in keys}
 
     def _save_run_file(self, experiment_id: str) -> None:
         import yaml

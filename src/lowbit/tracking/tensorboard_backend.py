@@ -7,13 +7,38 @@ dashboard, written into the run's own event directory (torch's
 parameters as given to ``log_params`` plus ``status`` (complete, stopped,
 interrupted, ...), the metrics as given to ``log_summary``, each also written
 as a scalar so the dashboard finds its value.
+
+A resumed training run logs again the per-step points after its checkpoint
+(step S) that a killed attempt may have written: the writer starts with
+``purge_step=S + 1``, at which TensorBoard's reader drops every earlier-written
+event of step > S, so each step shows once. The per-epoch scalars (x = the
+epoch, never above S) keep theirs; only a kill between an epoch's scalars and
+its checkpoint leaves that epoch's point twice (the same numbers but
+``seconds``).
 """
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from lowbit.tracking.base import TrackingContext, register_tracker
+
+
+def _wait_to_sort_last(log_dir: Path) -> None:
+    """Wait (under a second) until an event file made now sorts after those in ``log_dir``.
+
+    TensorBoard reads a folder's event files in name order, and a name is
+    ``events.out.tfevents.<second>.<host>.<pid>...``: a resumed run's file made in
+    the same second as the killed attempt's could sort first (by pid) and be read
+    before it, so that its purge would act on nothing.
+    """
+    seconds = [int(m.group(1)) for f in log_dir.glob("events.out.tfevents.*")
+               if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", f.name))]
+    if seconds:
+        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
 
 @register_tracker("tensorboard")
@@ -32,7 +57,11 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = context.run_dir / "tensorboard"
-        self.writer = SummaryWriter(str(self.log_dir))
+        # purge_step: a SessionLog START at which TensorBoard's reader drops the events of every tag from that
+        # step on, written earlier (the killed attempt's steps after the checkpoint, logged again now)
+        purge = None if context.resume_step is None else context.resume_step + 1
+        _wait_to_sort_last(self.log_dir)
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge)
         self.params: Dict[str, Any] = {}
         self.summary: Dict[str, float] = {}
         self.last_step = 0
@@ -47,6 +76,10 @@ class TensorBoardTracker:
 
     def log_summary(self, metrics: Mapping[str, float]) -> None:
         self.summary.update(metrics)
+
+    def flush(self) -> None:
+        """The queued events to the event file (SummaryWriter writes every 10 events or 120 s otherwise)."""
+        self.writer.flush()
 
     def close(self, status: str = "complete") -> None:
         from torch.utils.tensorboard.summary import hparams

@@ -49,6 +49,13 @@ class Distributed:
     def device(self, name: str) -> torch.device:
         """The device of this rank: ``cuda:LOCAL_RANK`` for CUDA runs, else the CPU."""
         if name.startswith("cuda"):
+            gpus = torch.cuda.device_count()
+            if torch.cuda.is_available() and self.local_rank >= gpus:
+                raise ValueError(
+                    f"run.device={name!r} under torchrun puts rank LOCAL_RANK={self.local_rank} on cuda:{self.local_rank}, "
+                    f"but this machine has {gpus} CUDA device(s); start at most {gpus} ranks per machine "
+                    f"(torchrun --nproc_per_node {gpus}), or use run.device=cpu (gloo)"
+                )
             return torch.device("cuda", self.local_rank)
         return torch.device(name)
 

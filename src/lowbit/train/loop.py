@@ -426,14 +426,18 @@ def _keep_grad_stats_before(run_dir: Path, step: int) -> None:
                 _rewrite_metrics(path, kept)
 
 
-def _open_trackers(cfg: TrainConfig, run_dir: Path, resumed: bool, log: Optional[Callable[[str], None]]) -> Trackers:
-    """The run's trackers (``run.trackers`` / ``run.tensorboard``), opened, with the run's parameters logged."""
+def _open_trackers(cfg: TrainConfig, run_dir: Path, resumed: bool, log: Optional[Callable[[str], None]],
+                   resume_step: Optional[int] = None) -> Trackers:
+    """The run's trackers (``run.trackers`` / ``run.tensorboard``), opened, with the run's parameters logged.
+
+    ``resume_step``: the optimizer steps of the checkpoint a resumed run continues from."""
     names, explicit = cfg.run.requested_trackers()
     usable, notes = resolve_trackers(names, required=explicit)
     for note in notes:  # the implicit run.tensorboard: true without the package
         message = f"no TensorBoard events for this run: {note}, or set run.tensorboard=false"
         log(message) if log is not None else warnings.warn(message, stacklevel=3)
-    trackers = open_trackers(usable, TrackingContext(run_dir, "train", resumed=resumed, mlflow=cfg.run.mlflow))
+    trackers = open_trackers(usable, TrackingContext(run_dir, "train", resumed=resumed, mlflow=cfg.run.mlflow,
+                                                     resume_step=resume_step))
     flat = flatten_dotted(to_dict(cfg))
     trackers.log_params({k: v for k, v in flat.items() if not is_bookkeeping_key(k)})
     return trackers
@@ -668,7 +672,8 @@ def _train(
                 _keep_grad_stats_before(run_dir, step)
                 (run_dir / STOP_FILE).unlink(missing_ok=True)  # a run stopped early by on_epoch continues
         metrics_writer = RecordWriter(run_dir / METRICS_FILE) if main else None
-        trackers = _open_trackers(cfg, run_dir, resumed, log) if main else Trackers()  # rank 0 alone logs
+        resume_step = step if state is not None else (0 if resumed else None)  # no checkpoint yet: from the start
+        trackers = _open_trackers(cfg, run_dir, resumed, log, resume_step) if main else Trackers()  # rank 0 alone logs
         log_every = cfg.run.log_every if trackers else 0
         if grad_probe is not None and main:  # measures at initialisation, or picks up after the resumed epoch
             grad_probe.begin(run_dir, start_epoch, resumed=state is not None)
@@ -704,6 +709,7 @@ def _train(
                                  grad_clip=cfg.optim.grad_clip)
             if not main:
                 return
+            trackers.flush()  # before the checkpoint: a kill after it then loses no point it counts as logged
             save_checkpoint(
                 ckpt_file,
                 {
