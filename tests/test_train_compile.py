@@ -101,7 +101,7 @@ def test_the_compile_flag_overrides_the_config_and_is_checked(tmp_path, capsys):
 def test_compiled_run_equals_the_eager_run(tmp_path):
     # grad_stats_every=3: GradientStats' hooks on steps 0, 3, 6, ... (those steps run eagerly: a compiled
     # graph would skip hooks attached after it was traced, and the E rows would be missing)
-    extra = {"run.grad_stats_every": 3, "model.act": "rrelu", "augment.mixup_alpha": 0.4}
+    extra = {"run.grad_stats_every": 3, "model.act": "rrelu", "augment.mixup_alpha": 0.4, "data.train_subset": 128}
     eager = train(tiny(**extra), run_dir=tmp_path / "eager")
     frames = compiled_frames()
     compiled = train(tiny(**extra, **FAST), run_dir=tmp_path / "compiled")
@@ -115,14 +115,18 @@ def test_compiled_run_equals_the_eager_run(tmp_path):
     assert "- execution: run.device cpu, fp32, eager (no torch.compile)" in (eager / "report.md").read_text()
 
 
-@pytest.mark.slow  # ~8 s: dynamo breaks the graph at every sign Function (they define a custom jvp), ~40 graphs
+@pytest.mark.slow  # 4-7 s; the quantizers under torch.compile are tested fast in tests/test_compile_quantizers.py
 def test_a_binary_model_compiles_and_trains_as_eager(tmp_path):
     # binary activations and weights (lowbit's sign Functions; the fused C++ kernels step aside while
-    # dynamo traces), BatchNorm, flip ratio per binary layer; 2 epochs of 2 steps
+    # dynamo traces), BatchNorm, flip ratio per binary layer; 2 steps. One graph: no graph break
     extra = {"model.name": "xnor_resnet18", "model.width": 2, "data.image_size": "null", "data.train_subset": 64,
-             "data.test_subset": 32, "optim.name": "adam", "optim.lr": 0.003, "augment.crop_padding": 1}
+             "data.test_subset": 32, "run.epochs": 1, "optim.name": "adam", "optim.lr": 0.003, "augment.crop_padding": 1}
     eager = train(tiny(**extra), run_dir=tmp_path / "eager")
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     compiled = train(tiny(**extra, **FAST), run_dir=tmp_path / "compiled")
+    assert counters["stats"]["unique_graphs"] - graphs == 1
     assert_same_run(eager, compiled, atol=1e-6)
     assert any(k.startswith("flip_ratio/") for k in read_records(compiled / "metrics.csv")[0])
 
@@ -227,3 +231,21 @@ def test_cuda_compiled_run_equals_the_eager_cuda_run(tmp_path):
     eager = train(tiny(**extra), run_dir=tmp_path / "eager")
     compiled = train(tiny(**extra, **{"run.compile": "true"}), run_dir=tmp_path / "compiled")
     assert_same_run(eager, compiled, atol=1e-4)  # fp32, TF32 off; inductor's triton kernels reorder sums
+
+
+# ---------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_compiled_equal_two_ranks_eager(tmp_path):
+    """torch.compile of the DistributedDataParallel wrapper (its DDPOptimizer splits the graph at the buckets)."""
+    from test_distributed import final_weights, lowbit_train, max_difference
+
+    eager = lowbit_train(tmp_path / "eager", "model.name=lenet5", nproc=2)
+    compiled = lowbit_train(tmp_path / "compiled", "model.name=lenet5", "run.compile=true",
+                            "run.compile_backend=aot_eager", nproc=2)
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-2000:]
+    assert list(final_weights(compiled.run_dir)) == list(final_weights(eager.run_dir))
+    assert max_difference(final_weights(eager.run_dir), final_weights(compiled.run_dir)) < 1e-6
+    assert [r["test_acc"] for r in read_records(compiled.run_dir / "metrics.csv")] == \
+        [r["test_acc"] for r in read_records(eager.run_dir / "metrics.csv")]
