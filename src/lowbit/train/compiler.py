@@ -6,7 +6,9 @@ DDPOptimizer splitting the graph at the gradient buckets), after ``model.to``
 the device and channels_last. Everything else keeps the plain module: the
 optimizer, checkpoints and ``state_dict`` (so no ``_orig_mod.`` prefixes: a
 compiled run resumes an eager run's checkpoint and the other way round),
-evaluation, the flip-ratio tracker, the gradient probe, ``model.yaml``.
+evaluation, the flip-ratio tracker, the gradient probe, ``model.yaml``; and the
+steps that sample gradient statistics call the plain module (their hooks, attached
+for that step only, would be invisible to a graph traced before).
 
 The numbers are eager's up to float rounding (inductor reorders and fuses float
 operations). Two settings keep it that way:
