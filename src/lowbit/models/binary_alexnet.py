@@ -38,7 +38,7 @@ from lowbit.models.binary_blocks import (
     scaled,
     zoo_options,
 )
-from lowbit.models.registry import register_model
+from lowbit.models.zoo_factory import register_fixed_size_entry
 from lowbit.nn import BinaryConv2d, BinaryLinear, QuantizerSpec
 
 BN_MOMENTUM = 0.9
@@ -106,19 +106,13 @@ class BinaryAlexNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))  # (N, 256 * 6 * 6) -> (N, classes)
 
 
-@register_model("binary_alexnet")
-def binary_alexnet(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    input_size: int = 224,
-    stem: str = "imagenet",
-    width_mult: float = 1.0,
-    act: QuantizerSpec = "ste_clipped",
-    weight_quantizer: QuantizerSpec = "ste_clipped",
-) -> BinaryAlexNet:
-    """Binary AlexNet for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small"."""
-    return BinaryAlexNet(num_classes, in_channels, input_size, stem, width_mult, act, weight_quantizer)
+binary_alexnet = register_fixed_size_entry(
+    "binary_alexnet",
+    BinaryAlexNet,
+    'Binary AlexNet for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
+    default_act="ste_clipped",
+    default_weight_quantizer="ste_clipped",
+)
 
 
 __all__ = ["BinaryAlexNet", "binary_alexnet"]

@@ -36,7 +36,7 @@ from torch import nn
 
 from lowbit.models.binary_blocks import batch_norm, declare_input, downsample_shortcut, zoo_options
 from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
+from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 BN_MOMENTUM = 0.8  # Keras momentum of the reference implementation (PyTorch 0.2)
@@ -99,18 +99,14 @@ class BiRealNet18(nn.Module):
         return self.linear(torch.flatten(self.pool(x), 1))  # (N, 8w) -> (N, classes)
 
 
-@register_model("birealnet18")
-def birealnet18(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = "approx_sign",
-    weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
-) -> BiRealNet18:
-    """Bi-Real Net-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels."""
-    return BiRealNet18(num_classes, in_channels, width, stem, act, weight_quantizer)
+birealnet18 = register_width_entry(
+    "birealnet18",
+    BiRealNet18,
+    'Bi-Real Net-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels.',
+    default_width=64,
+    default_act="approx_sign",
+    default_weight_quantizer="magnitude_aware_sign",
+)
 
 
 __all__ = ["BiRealBlock", "BiRealNet18", "birealnet18"]

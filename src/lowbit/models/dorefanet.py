@@ -39,7 +39,7 @@ from lowbit.models.binary_blocks import (
     scaled,
     zoo_options,
 )
-from lowbit.models.registry import register_model
+from lowbit.models.zoo_factory import register_fixed_size_entry
 from lowbit.nn import BinaryConv2d, BinaryLinear, QuantizerSpec
 
 BN_MOMENTUM, BN_EPS = 0.9, 1e-4
@@ -105,19 +105,13 @@ class DoReFaNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))  # (N, 256 * 6 * 6) -> (N, classes)
 
 
-@register_model("dorefanet")
-def dorefanet(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    input_size: int = 224,
-    stem: str = "imagenet",
-    width_mult: float = 1.0,
-    act: QuantizerSpec = DOREFA_2BIT,
-    weight_quantizer: QuantizerSpec = TENSOR_SIGN,
-) -> DoReFaNet:
-    """DoReFa-Net (AlexNet, W1A2) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small"."""
-    return DoReFaNet(num_classes, in_channels, input_size, stem, width_mult, act, weight_quantizer)
+dorefanet = register_fixed_size_entry(
+    "dorefanet",
+    DoReFaNet,
+    'DoReFa-Net (AlexNet, W1A2) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
+    default_act=DOREFA_2BIT,
+    default_weight_quantizer=TENSOR_SIGN,
+)
 
 
 __all__ = ["DoReFaNet", "dorefanet"]

@@ -39,7 +39,7 @@ from torch import nn
 
 from lowbit.models.binary_blocks import LearnableBias, declare_input, scaled, zoo_options
 from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
+from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 STAGE_CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
@@ -127,18 +127,14 @@ class ReActNetA(nn.Module):
         return self.linear(torch.flatten(self.pool(x), 1))  # (N, 1024) -> (N, classes)
 
 
-@register_model("reactnet_a")
-def reactnet_a(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 32,
-    stem: str = "imagenet",
-    act: QuantizerSpec = "approx_sign",
-    weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
-) -> ReActNetA:
-    """ReActNet-A (binary MobileNet-v1); ``width`` = stem channels (32), all others scaled alike."""
-    return ReActNetA(num_classes, in_channels, width, stem, act, weight_quantizer)
+reactnet_a = register_width_entry(
+    "reactnet_a",
+    ReActNetA,
+    "ReActNet-A (binary MobileNet-v1); ``width`` = stem channels (32), all others scaled alike.",
+    default_width=32,
+    default_act="approx_sign",
+    default_weight_quantizer="magnitude_aware_sign",
+)
 
 
 __all__ = ["RPReLU", "ReActBlock", "ReActNetA", "reactnet_a"]

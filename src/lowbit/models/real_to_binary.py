@@ -37,7 +37,7 @@ from torch import nn
 
 from lowbit.models.binary_blocks import batch_norm, declare_input, downsample_shortcut, zoo_options
 from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
+from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 BN_MOMENTUM = 0.99
@@ -133,18 +133,14 @@ class RealToBinaryNet(nn.Module):
         return self.linear(torch.flatten(self.pool(x), 1))  # (N, 8w) -> (N, classes)
 
 
-@register_model("real_to_binary_net")
-def real_to_binary_net(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = "ste_clipped",
-    weight_quantizer: QuantizerSpec = "ste_clipped",
-) -> RealToBinaryNet:
-    """Real-to-Binary Net (the binary student); ``weight_quantizer: none`` is its stage-1 network."""
-    return RealToBinaryNet(num_classes, in_channels, width, stem, act, weight_quantizer)
+real_to_binary_net = register_width_entry(
+    "real_to_binary_net",
+    RealToBinaryNet,
+    "Real-to-Binary Net (the binary student); ``weight_quantizer: none`` is its stage-1 network.",
+    default_width=64,
+    default_act="ste_clipped",
+    default_weight_quantizer="ste_clipped",
+)
 
 
 __all__ = ["RealToBinaryHalfBlock", "RealToBinaryNet", "ScalingGate", "real_to_binary_net"]

@@ -31,7 +31,7 @@ from torch import nn
 
 from lowbit.models.binary_blocks import batch_norm, declare_input, downsample_shortcut, zoo_options
 from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
+from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 BN_MOMENTUM, BN_EPS = 0.9, 1e-5
@@ -102,18 +102,14 @@ class BinaryResNetE18(nn.Module):
         return self.linear(torch.flatten(self.pool(x), 1))  # (N, 8w) -> (N, classes)
 
 
-@register_model("binary_resnet_e18")
-def binary_resnet_e18(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = SIGN_125,
-    weight_quantizer: QuantizerSpec = SIGN_125,
-) -> BinaryResNetE18:
-    """Binary ResNetE-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels."""
-    return BinaryResNetE18(num_classes, in_channels, width, stem, act, weight_quantizer)
+binary_resnet_e18 = register_width_entry(
+    "binary_resnet_e18",
+    BinaryResNetE18,
+    'Binary ResNetE-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels.',
+    default_width=64,
+    default_act=SIGN_125,
+    default_weight_quantizer=SIGN_125,
+)
 
 
 __all__ = ["BinaryResNetE18", "ResNetEBlock", "binary_resnet_e18"]

@@ -42,7 +42,7 @@ from lowbit.models.binary_blocks import (
     scaled,
     zoo_options,
 )
-from lowbit.models.registry import register_model
+from lowbit.models.zoo_factory import register_fixed_size_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 BN_MOMENTUM = 0.9
@@ -109,19 +109,13 @@ class XNORNet(nn.Module):
         return self.linear(torch.flatten(self.features(x), 1))  # (N, 4096) -> (N, classes)
 
 
-@register_model("xnornet")
-def xnornet(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    input_size: int = 224,
-    stem: str = "imagenet",
-    width_mult: float = 1.0,
-    act: QuantizerSpec = "ste_clipped",
-    weight_quantizer: QuantizerSpec = "xnor_weight",
-) -> XNORNet:
-    """XNOR-Net (AlexNet) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small"."""
-    return XNORNet(num_classes, in_channels, input_size, stem, width_mult, act, weight_quantizer)
+xnornet = register_fixed_size_entry(
+    "xnornet",
+    XNORNet,
+    'XNOR-Net (AlexNet) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
+    default_act="ste_clipped",
+    default_weight_quantizer="xnor_weight",
+)
 
 
 __all__ = ["XNORNet", "xnornet"]
