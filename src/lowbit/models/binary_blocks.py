@@ -28,6 +28,8 @@ Keras weights would need re-padding to be loaded.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,6 +169,17 @@ def zoo_options(model: str, stem: str, *quantizers: QuantizerSpec) -> str:
     return stem_kind(stem, model)
 
 
+def fixed_size_options(
+    model: str, stem: str, input_size: int, width_mult: float, channels: Tuple[int, ...], *quantizers: QuantizerSpec
+) -> Tuple[int, Tuple[int, ...]]:
+    """An AlexNet-style entry's options, validated before anything is built (the quantizer specs, ``stem``,
+    then ``input_size`` >= 1 and ``width_mult`` > 0): ``input_size`` and the ``channels`` scaled by ``width_mult``."""
+    zoo_options(model, stem, *quantizers)
+    size = check_positive_int("input_size", input_size)
+    m = check_width_mult(width_mult)
+    return size, tuple(scaled(c, m) for c in channels)
+
+
 def declare_input(
     module: nn.Module, in_channels: int, stem: str, imagenet_min: int = 32, small_min: int = 8
 ) -> None:
@@ -235,6 +248,7 @@ __all__ = [
     "declare_fixed_input",
     "declare_input",
     "downsample_shortcut",
+    "fixed_size_options",
     "image_size_error",
     "scaled",
     "stem_kind",

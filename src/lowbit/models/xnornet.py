@@ -33,15 +33,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import (
-    batch_norm,
-    check_positive_int,
-    check_width_mult,
-    conv_out,
-    declare_fixed_input,
-    scaled,
-    zoo_options,
-)
+from lowbit.models.binary_blocks import batch_norm, conv_out, declare_fixed_input, fixed_size_options
 from lowbit.models.zoo_factory import register_fixed_size_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
@@ -62,10 +54,9 @@ class XNORNet(nn.Module):
         weight_quantizer: QuantizerSpec = "xnor_weight",
     ) -> None:
         super().__init__()
-        zoo_options("xnornet", stem, act, weight_quantizer)
-        size = check_positive_int("input_size", input_size)
-        m = check_width_mult(width_mult)
-        c1, c2, c3, c4, fc = (scaled(c, m) for c in (96, 256, 384, 256, 4096))
+        size, (c1, c2, c3, c4, fc) = fixed_size_options(
+            "xnornet", stem, input_size, width_mult, (96, 256, 384, 256, 4096), act, weight_quantizer
+        )
 
         def binary(cin: int, cout: int, k: int, padding: int) -> BinaryConv2d:
             return BinaryConv2d(cin, cout, k, padding=padding, input_quantizer=act, weight_quantizer=weight_quantizer)
