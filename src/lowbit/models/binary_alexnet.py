@@ -101,8 +101,6 @@ binary_alexnet = register_fixed_size_entry(
     "binary_alexnet",
     BinaryAlexNet,
     'Binary AlexNet for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
-    default_act="ste_clipped",
-    default_weight_quantizer="ste_clipped",
 )
 
 

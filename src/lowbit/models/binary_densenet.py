@@ -36,8 +36,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import batch_norm, declare_input, zoo_options
-from lowbit.models.layers import check_width
+from lowbit.models.binary_blocks import batch_norm, declare_input, resnet_stem, width_options
 from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
@@ -85,17 +84,11 @@ class BinaryDenseNet(nn.Module):
         name: str = "binary_densenet",
     ) -> None:
         super().__init__()
-        width = check_width(width)
-        zoo_options(name, stem, act, weight_quantizer)
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),  # (N, w, S/2, S/2)
-                batch_norm(width, BN_MOMENTUM, BN_EPS),
-                nn.ReLU(),
-                nn.MaxPool2d(3, stride=2, padding=1),  # (N, w, S/4, S/4)
-            )
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False))
+        width = width_options(name, stem, width, act, weight_quantizer)
+        # The small stem is a bare conv (the reference's own for inputs under 50 pixels).
+        self.stem = resnet_stem(
+            stem, in_channels, width, lambda: [batch_norm(width, BN_MOMENTUM, BN_EPS), nn.ReLU()], small_norm_act=False
+        )
         declare_input(self, in_channels, stem)
         multiple = max(1, round(width / 2))  # 32 at the reference width 64
         body: list = []
@@ -133,9 +126,6 @@ def _densenet_entry(variant: str, doc: str):
         variant,
         BinaryDenseNet,
         doc,
-        default_width=64,
-        default_act=SIGN_13,
-        default_weight_quantizer=SIGN_13,
         build=functools.partial(_densenet, variant),
     )
 

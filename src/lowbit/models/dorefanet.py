@@ -100,8 +100,6 @@ dorefanet = register_fixed_size_entry(
     "dorefanet",
     DoReFaNet,
     'DoReFa-Net (AlexNet, W1A2) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
-    default_act=DOREFA_2BIT,
-    default_weight_quantizer=TENSOR_SIGN,
 )
 
 

@@ -160,8 +160,6 @@ def _quicknet_entry(variant: str, doc: str):
         QuickNet,
         doc,
         default_width=64,
-        default_act=SIGN_125,
-        default_weight_quantizer=SIGN_125,
         build=functools.partial(_quicknet, variant),
     )
 

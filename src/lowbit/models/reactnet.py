@@ -37,8 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import LearnableBias, declare_input, scaled, zoo_options
-from lowbit.models.layers import check_width
+from lowbit.models.binary_blocks import LearnableBias, declare_input, scaled, width_options
 from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
@@ -104,8 +103,7 @@ class ReActNetA(nn.Module):
         weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
     ) -> None:
         super().__init__()
-        width = check_width(width)
-        zoo_options("reactnet_a", stem, act, weight_quantizer)
+        width = width_options("reactnet_a", stem, width, act, weight_quantizer)
         channels = [scaled(c, width / 32) for c in STAGE_CHANNELS]
         stride = 2 if stem == "imagenet" else 1
         self.stem = nn.Sequential(
@@ -131,9 +129,6 @@ reactnet_a = register_width_entry(
     "reactnet_a",
     ReActNetA,
     "ReActNet-A (binary MobileNet-v1); ``width`` = stem channels (32), all others scaled alike.",
-    default_width=32,
-    default_act="approx_sign",
-    default_weight_quantizer="magnitude_aware_sign",
 )
 
 

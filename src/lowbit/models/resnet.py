@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from lowbit.models.layers import check_max_dropout, check_width, make_activation, make_stem
+from lowbit.models.layers import check_max_dropout, check_width, declare_stem_input, make_activation, make_stem
 from lowbit.models.registry import register_model
 from lowbit.nn import MaxDropout
 
@@ -80,10 +80,7 @@ class ResNet(nn.Module):
         width = check_width(width)
         max_dropout = check_max_dropout(max_dropout)
         make_activation(act)  # validate the name before building anything
-        self.input_shape = (in_channels, 32, 32)
-        # Total downsampling (lowbit.models.fit): the 7x7 stem /4, then three stride-2 stages.
-        self.stem_name, self.small_stem = stem, "3x3"
-        self.min_input_size = 32 if str(stem).replace(" ", "") == "7x7" else 8
+        declare_stem_input(self, in_channels, stem)  # three stride-2 stages (and the 7x7 stem's /4)
         self.stem = make_stem(stem, in_channels, width, act)  # (N, w, 32, 32); 8x8 for "7x7"
         stages = []
         channels = width

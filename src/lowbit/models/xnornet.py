@@ -104,8 +104,6 @@ xnornet = register_fixed_size_entry(
     "xnornet",
     XNORNet,
     'XNOR-Net (AlexNet) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
-    default_act="ste_clipped",
-    default_weight_quantizer="xnor_weight",
 )
 
 
