@@ -1,4 +1,5 @@
-"""Building blocks shared by the model zoo: activations by name, conv-BN-act, ResNet stems."""
+"""Building blocks shared by the model zoo: activations by name, conv-BN-act, ResNet stems and
+shortcuts, and the checks of the options every family takes (width, width_mult, max_dropout)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
+
+
+def projection_shortcut(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """A ResNet block's shortcut, float: identity (an empty ``nn.Sequential``) where the shape is kept,
+    else conv1x1(stride, no bias) -> BN, (N, in, H, W) -> (N, out, H/stride, W/stride) (the kuangliu
+    CIFAR ResNet's; He et al.'s option B)."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Sequential()
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
 
 
 def check_width(width: int) -> int:
@@ -118,5 +131,6 @@ __all__ = [
     "declare_stem_input",
     "make_activation",
     "make_stem",
+    "projection_shortcut",
     "scaled",
 ]

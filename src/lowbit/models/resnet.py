@@ -32,7 +32,14 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from lowbit.models.layers import check_max_dropout, check_width, declare_stem_input, make_activation, make_stem
+from lowbit.models.layers import (
+    check_max_dropout,
+    check_width,
+    declare_stem_input,
+    make_activation,
+    make_stem,
+    projection_shortcut,
+)
 from lowbit.models.registry import register_model
 from lowbit.nn import MaxDropout
 
@@ -47,12 +54,7 @@ class BasicBlock(nn.Module):
         self.act1 = make_activation(act)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride)
         self.act2 = make_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
