@@ -154,6 +154,14 @@ def machine_section(args: argparse.Namespace, device: torch.device) -> tuple:
             query = subprocess.run([smi, "--query-gpu=driver_version,clocks.sm,clocks.max.sm,power.limit", "--format=csv,noheader"],
                                    capture_output=True, text=True)
             numbers["nvidia_smi"] = query.stdout.strip()
+    # lowbit's C++ kernels (CPU tensors: the fused sign, the packed ops) compile at first use; build them now, so
+    # that no timed section below (the CPU probe) pays for it
+    from lowbit.deploy.kernels import EXTENSION as deploy_kernels
+    from lowbit.quant.fused import EXTENSION as sign_kernels
+
+    t0 = time.monotonic()
+    built = [ext.load() is not None for ext in (sign_kernels, deploy_kernels)]
+    numbers["cpp_kernels"] = f"{'built' if all(built) else 'NOT built'} in {time.monotonic() - t0:.0f} s"
     lines = [f"- {k}: {v}" for k, v in numbers.items()]
     return lines, numbers
 
