@@ -29,16 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import (
-    batch_norm,
-    check_positive_int,
-    check_width_mult,
-    conv_out,
-    declare_fixed_input,
-    scaled,
-    zoo_options,
-)
-from lowbit.models.registry import register_model
+from lowbit.models.binary_blocks import batch_norm, conv_out, declare_fixed_input, fixed_size_options
+from lowbit.models.zoo_factory import register_fixed_size_entry
 from lowbit.nn import BinaryConv2d, BinaryLinear, QuantizerSpec
 
 BN_MOMENTUM = 0.9
@@ -58,10 +50,9 @@ class BinaryAlexNet(nn.Module):
         weight_quantizer: QuantizerSpec = "ste_clipped",
     ) -> None:
         super().__init__()
-        zoo_options("binary_alexnet", stem, act, weight_quantizer)
-        size = check_positive_int("input_size", input_size)
-        m = check_width_mult(width_mult)
-        c1, c2, c3, c4, fc = (scaled(c, m) for c in (64, 192, 384, 256, 4096))
+        size, (c1, c2, c3, c4, fc) = fixed_size_options(
+            "binary_alexnet", stem, input_size, width_mult, (64, 192, 384, 256, 4096), act, weight_quantizer
+        )
 
         def conv(cin: int, cout: int, k: int, stride: int = 1, float_input: bool = False) -> BinaryConv2d:
             return BinaryConv2d(
@@ -106,19 +97,11 @@ class BinaryAlexNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))  # (N, 256 * 6 * 6) -> (N, classes)
 
 
-@register_model("binary_alexnet")
-def binary_alexnet(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    input_size: int = 224,
-    stem: str = "imagenet",
-    width_mult: float = 1.0,
-    act: QuantizerSpec = "ste_clipped",
-    weight_quantizer: QuantizerSpec = "ste_clipped",
-) -> BinaryAlexNet:
-    """Binary AlexNet for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small"."""
-    return BinaryAlexNet(num_classes, in_channels, input_size, stem, width_mult, act, weight_quantizer)
+binary_alexnet = register_fixed_size_entry(
+    "binary_alexnet",
+    BinaryAlexNet,
+    'Binary AlexNet for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
+)
 
 
 __all__ = ["BinaryAlexNet", "binary_alexnet"]

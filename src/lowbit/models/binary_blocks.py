@@ -11,13 +11,19 @@ and from quantizers by name, so that the architectures read like their papers:
   DoReFa-Net and Binary AlexNet, whose next layer is a sign that ignores scale.
 - :func:`downsample_shortcut`: Bi-Real Net's real-valued shortcut, 2x2 average
   pool -> float 1x1 conv -> BatchNorm.
+- :class:`BinaryConvResidual` and :func:`bireal_channels`: Bi-Real Net's block,
+  BN(BinConv3x3(q_a(x))) + shortcut(x), and the channels of its 16 blocks in a
+  ResNet-18 (Bi-Real Net, ResNetE).
+- :func:`resnet_stem`: the ResNet stem (7x7/2 conv, 3x3/2 max pool; a 3x3 conv
+  for small images) with each model's own normalisation and activation.
 - :class:`OnePaddedBinaryConv2d`: a binary conv whose border is padded with +1
   (QuickNet's ``pad_values=1``), so every input it sees is exactly +-1.
 - :class:`LearnableBias`: ReActNet's per-channel shift (RSign / RPReLU).
 - :func:`blur_kernel`: the fixed anti-aliasing filter of QuickNet's transitions.
-- :func:`stem_kind` / :func:`check_image_size`: the ``stem`` option every zoo
+- :func:`stem_kind` / :func:`image_size_error`: the ``stem`` option every zoo
   entry takes ("imagenet" for 224x224, "small" for 32x32 / 28x28 images) and the
-  size check that names model, stem and image size.
+  size check that names model, stem and image size; :func:`width_options` and
+  :func:`fixed_size_options` validate an entry's options before it is built.
 
 Padding: Keras's ``padding="same"`` pads a strided layer more at the bottom/right,
 PyTorch symmetrically. The padding amounts below give the same output sizes as
@@ -28,10 +34,13 @@ Keras weights would need re-padding to be loaded.
 
 from __future__ import annotations
 
+from typing import Callable, List, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.models.layers import check_positive_int, check_width, check_width_mult, scaled
 from lowbit.nn import BinaryConv2d, QuantizerSpec, make_quantizer
 from lowbit.registry import UnknownNameError, unknown_name_message
 
@@ -101,6 +110,80 @@ def downsample_shortcut(in_channels: int, out_channels: int, momentum: float = 0
     )
 
 
+class BinaryConvResidual(nn.Module):
+    """(N, in, H, W) -> (N, out, H/stride, W/stride): BN(BinConv3x3(stride)(q_a(x))) + shortcut(x).
+
+    Bi-Real Net's block (Liu et al., ECCV 2018, Fig. 2), one binary conv inside
+    each real-valued shortcut; q_a = ``act`` is the conv's input quantizer.
+    shortcut = identity where ``in_channels == out_channels``, else
+    :func:`downsample_shortcut` (which halves the size: use stride 2 there).
+    ``momentum`` / ``eps`` are the BatchNorms' (Keras's terms, :func:`batch_norm`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        act: QuantizerSpec,
+        weight_quantizer: QuantizerSpec,
+        momentum: float,
+        eps: float = KERAS_BN_EPSILON,
+    ) -> None:
+        super().__init__()
+        self.conv = BinaryConv2d(
+            in_channels, out_channels, 3, stride, padding=1, input_quantizer=act, weight_quantizer=weight_quantizer
+        )
+        self.bn = batch_norm(out_channels, momentum, eps)
+        self.shortcut = (
+            nn.Identity() if in_channels == out_channels else downsample_shortcut(in_channels, out_channels, momentum, eps)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)) + self.shortcut(x)
+
+
+def bireal_channels(width: int) -> List[Tuple[int, int]]:
+    """(in, out) channels of the 16 one-conv blocks of a Bi-Real ResNet-18: w x4, 2w x4, 4w x4, 8w x4.
+
+    The first block of each later stage doubles the channels (in != out) and
+    halves the size; the others keep both.
+    """
+    pairs, channels = [], width
+    for stage in range(4):
+        for _ in range(4):
+            pairs.append((channels, width * 2**stage))
+            channels = width * 2**stage
+    return pairs
+
+
+def resnet_stem(
+    stem: str,
+    in_channels: int,
+    width: int,
+    norm_act: Callable[[], List[nn.Module]],
+    *,
+    small_norm_act: bool = True,
+    after_pool: Callable[[], List[nn.Module]] = list,
+) -> nn.Sequential:
+    """The ResNet stem of the binary zoo, float: (N, in, S, S) -> (N, width, S', S').
+
+        "imagenet": conv7x7/2 (width) -> norm_act -> maxpool 3x3/2 -> after_pool     S' = S/4
+        "small":    conv3x3 (width) -> norm_act (only if ``small_norm_act``)          S' = S
+
+    ``norm_act()`` / ``after_pool()`` make the model's own layers (its BatchNorm,
+    its activation) anew; convs have no bias.
+    """
+    if stem == "imagenet":
+        return nn.Sequential(
+            nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),  # (N, w, S/2, S/2)
+            *norm_act(),
+            nn.MaxPool2d(3, stride=2, padding=1),  # (N, w, S/4, S/4)
+            *after_pool(),
+        )
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), *(norm_act() if small_norm_act else []))
+
+
 class OnePaddedBinaryConv2d(BinaryConv2d):
     """A :class:`lowbit.nn.BinaryConv2d` whose zero-padding is replaced by +1 padding of the binary input.
 
@@ -167,6 +250,25 @@ def zoo_options(model: str, stem: str, *quantizers: QuantizerSpec) -> str:
     return stem_kind(stem, model)
 
 
+def width_options(model: str, stem: str, width: int, *quantizers: QuantizerSpec) -> int:
+    """A width-scaled entry's options, validated before anything is built (``width`` >= 1, then the
+    quantizer specs and ``stem``): ``width``."""
+    width = check_width(width)
+    zoo_options(model, stem, *quantizers)
+    return width
+
+
+def fixed_size_options(
+    model: str, stem: str, input_size: int, width_mult: float, channels: Tuple[int, ...], *quantizers: QuantizerSpec
+) -> Tuple[int, Tuple[int, ...]]:
+    """An AlexNet-style entry's options, validated before anything is built (the quantizer specs, ``stem``,
+    then ``input_size`` >= 1 and ``width_mult`` > 0): ``input_size`` and the ``channels`` scaled by ``width_mult``."""
+    zoo_options(model, stem, *quantizers)
+    size = check_positive_int("input_size", input_size)
+    m = check_width_mult(width_mult)
+    return size, tuple(scaled(c, m) for c in channels)
+
+
 def declare_input(
     module: nn.Module, in_channels: int, stem: str, imagenet_min: int = 32, small_min: int = 8
 ) -> None:
@@ -191,23 +293,6 @@ def declare_fixed_input(module: nn.Module, model: str, in_channels: int, stem: s
     module.stem_name, module.small_stem = stem, "small"
 
 
-def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def scaled(channels: int, width_mult: float) -> int:
-    """round(channels x width_mult), at least 1: the channel count of a width-scaled layer."""
-    return max(1, int(round(channels * width_mult)))
-
-
-def check_width_mult(width_mult: object) -> float:
-    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
-        raise ValueError(f"width_mult must be a number > 0, got {width_mult!r}")
-    return float(width_mult)
-
-
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0, ceil: bool = False) -> int:
     """Output side of a conv or pool: floor((size + 2 padding - kernel) / stride) + 1 (ceil with ``ceil``)."""
     span = size + 2 * padding - kernel
@@ -223,11 +308,13 @@ def image_size_error(model: str, stem: str, size: int, needed: str, fix: str) ->
 __all__ = [
     "KERAS_BN_EPSILON",
     "ZOO_STEMS",
+    "BinaryConvResidual",
     "CenteredBatchNorm1d",
     "CenteredBatchNorm2d",
     "LearnableBias",
     "OnePaddedBinaryConv2d",
     "batch_norm",
+    "bireal_channels",
     "blur_kernel",
     "check_positive_int",
     "check_width_mult",
@@ -235,8 +322,11 @@ __all__ = [
     "declare_fixed_input",
     "declare_input",
     "downsample_shortcut",
+    "fixed_size_options",
     "image_size_error",
+    "resnet_stem",
     "scaled",
     "stem_kind",
+    "width_options",
     "zoo_options",
 ]

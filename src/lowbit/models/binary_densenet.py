@@ -30,14 +30,14 @@ BNNs from Scratch?", arXiv:1906.08637, 2019 (BinaryDenseNet).
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import batch_norm, declare_input, zoo_options
-from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
+from lowbit.models.binary_blocks import batch_norm, declare_input, resnet_stem, width_options
+from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 BN_MOMENTUM, BN_EPS = 0.9, 1e-5
@@ -84,17 +84,11 @@ class BinaryDenseNet(nn.Module):
         name: str = "binary_densenet",
     ) -> None:
         super().__init__()
-        width = check_width(width)
-        zoo_options(name, stem, act, weight_quantizer)
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),  # (N, w, S/2, S/2)
-                batch_norm(width, BN_MOMENTUM, BN_EPS),
-                nn.ReLU(),
-                nn.MaxPool2d(3, stride=2, padding=1),  # (N, w, S/4, S/4)
-            )
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False))
+        width = width_options(name, stem, width, act, weight_quantizer)
+        # The small stem is a bare conv (the reference's own for inputs under 50 pixels).
+        self.stem = resnet_stem(
+            stem, in_channels, width, lambda: [batch_norm(width, BN_MOMENTUM, BN_EPS), nn.ReLU()], small_norm_act=False
+        )
         declare_input(self, in_channels, stem)
         multiple = max(1, round(width / 2))  # 32 at the reference width 64
         body: list = []
@@ -127,46 +121,24 @@ def _densenet(variant: str, num_classes, in_channels, width, stem, act, weight_q
     return BinaryDenseNet(layers, reductions, num_classes, in_channels, width, stem, act, weight_quantizer, variant)
 
 
-@register_model("binary_densenet28")
-def binary_densenet28(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = SIGN_13,
-    weight_quantizer: QuantizerSpec = SIGN_13,
-) -> BinaryDenseNet:
-    """BinaryDenseNet-28 (6, 6, 6, 5 layers; growth rate and stem channels ``width``)."""
-    return _densenet("binary_densenet28", num_classes, in_channels, width, stem, act, weight_quantizer)
+def _densenet_entry(variant: str, doc: str):
+    return register_width_entry(
+        variant,
+        BinaryDenseNet,
+        doc,
+        build=functools.partial(_densenet, variant),
+    )
 
 
-@register_model("binary_densenet37")
-def binary_densenet37(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = SIGN_13,
-    weight_quantizer: QuantizerSpec = SIGN_13,
-) -> BinaryDenseNet:
-    """BinaryDenseNet-37 (6, 8, 12, 6 layers; growth rate and stem channels ``width``)."""
-    return _densenet("binary_densenet37", num_classes, in_channels, width, stem, act, weight_quantizer)
-
-
-@register_model("binary_densenet45")
-def binary_densenet45(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = SIGN_13,
-    weight_quantizer: QuantizerSpec = SIGN_13,
-) -> BinaryDenseNet:
-    """BinaryDenseNet-45 (6, 12, 14, 8 layers; growth rate and stem channels ``width``)."""
-    return _densenet("binary_densenet45", num_classes, in_channels, width, stem, act, weight_quantizer)
+binary_densenet28 = _densenet_entry(
+    "binary_densenet28", "BinaryDenseNet-28 (6, 6, 6, 5 layers; growth rate and stem channels ``width``)."
+)
+binary_densenet37 = _densenet_entry(
+    "binary_densenet37", "BinaryDenseNet-37 (6, 8, 12, 6 layers; growth rate and stem channels ``width``)."
+)
+binary_densenet45 = _densenet_entry(
+    "binary_densenet45", "BinaryDenseNet-45 (6, 12, 14, 8 layers; growth rate and stem channels ``width``)."
+)
 
 
 __all__ = [

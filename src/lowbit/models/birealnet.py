@@ -34,30 +34,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import batch_norm, declare_input, downsample_shortcut, zoo_options
-from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
-from lowbit.nn import BinaryConv2d, QuantizerSpec
+from lowbit.models.binary_blocks import (
+    BinaryConvResidual,
+    batch_norm,
+    bireal_channels,
+    declare_input,
+    resnet_stem,
+    width_options,
+)
+from lowbit.models.zoo_factory import register_width_entry
+from lowbit.nn import QuantizerSpec
 
 BN_MOMENTUM = 0.8  # Keras momentum of the reference implementation (PyTorch 0.2)
 
 
-class BiRealBlock(nn.Module):
+class BiRealBlock(BinaryConvResidual):
     """(N, in, H, W) -> (N, out, H/stride, W/stride): BN(BinConv3x3(q_a(x))) + shortcut(x)."""
 
     def __init__(self, in_channels: int, out_channels: int, act: QuantizerSpec, weight_quantizer: QuantizerSpec):
-        super().__init__()
         stride = 1 if in_channels == out_channels else 2
-        self.conv = BinaryConv2d(
-            in_channels, out_channels, 3, stride, padding=1, input_quantizer=act, weight_quantizer=weight_quantizer
-        )
-        self.bn = batch_norm(out_channels, BN_MOMENTUM)
-        self.shortcut = (
-            nn.Identity() if stride == 1 else downsample_shortcut(in_channels, out_channels, BN_MOMENTUM)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x)) + self.shortcut(x)
+        super().__init__(in_channels, out_channels, stride, act, weight_quantizer, BN_MOMENTUM)
 
 
 class BiRealNet18(nn.Module):
@@ -73,44 +69,26 @@ class BiRealNet18(nn.Module):
         weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
     ) -> None:
         super().__init__()
-        width = check_width(width)
-        zoo_options("birealnet18", stem, act, weight_quantizer)
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),  # (N, w, S/2, S/2)
-                batch_norm(width, BN_MOMENTUM),
-                nn.MaxPool2d(3, stride=2, padding=1),  # (N, w, S/4, S/4)
-            )
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), batch_norm(width, BN_MOMENTUM))
+        width = width_options("birealnet18", stem, width, act, weight_quantizer)
+        self.stem = resnet_stem(stem, in_channels, width, lambda: [batch_norm(width, BN_MOMENTUM)])
         declare_input(self, in_channels, stem)  # 32x in all: the stem's 4x (or 1x), then three stride-2 stages
-        blocks, channels = [], width
-        for stage in range(4):
-            out_channels = width * 2**stage
-            for _ in range(4):
-                blocks.append(BiRealBlock(channels, out_channels, act, weight_quantizer))
-                channels = out_channels
-        self.blocks = nn.Sequential(*blocks)  # (N, 8w, S/32, S/32) with the ImageNet stem
+        channels = bireal_channels(width)
+        self.blocks = nn.Sequential(  # (N, 8w, S/32, S/32) with the ImageNet stem
+            *(BiRealBlock(cin, cout, act, weight_quantizer) for cin, cout in channels)
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(channels, num_classes)
+        self.linear = nn.Linear(8 * width, num_classes)  # the last stage's channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
         return self.linear(torch.flatten(self.pool(x), 1))  # (N, 8w) -> (N, classes)
 
 
-@register_model("birealnet18")
-def birealnet18(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = "approx_sign",
-    weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
-) -> BiRealNet18:
-    """Bi-Real Net-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels."""
-    return BiRealNet18(num_classes, in_channels, width, stem, act, weight_quantizer)
+birealnet18 = register_width_entry(
+    "birealnet18",
+    BiRealNet18,
+    'Bi-Real Net-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels.',
+)
 
 
 __all__ = ["BiRealBlock", "BiRealNet18", "birealnet18"]

@@ -30,16 +30,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import (
-    batch_norm,
-    check_positive_int,
-    check_width_mult,
-    conv_out,
-    declare_fixed_input,
-    scaled,
-    zoo_options,
-)
-from lowbit.models.registry import register_model
+from lowbit.models.binary_blocks import batch_norm, conv_out, declare_fixed_input, fixed_size_options
+from lowbit.models.zoo_factory import register_fixed_size_entry
 from lowbit.nn import BinaryConv2d, BinaryLinear, QuantizerSpec
 
 BN_MOMENTUM, BN_EPS = 0.9, 1e-4
@@ -61,10 +53,9 @@ class DoReFaNet(nn.Module):
         weight_quantizer: QuantizerSpec = TENSOR_SIGN,
     ) -> None:
         super().__init__()
-        zoo_options("dorefanet", stem, act, weight_quantizer)
-        size = check_positive_int("input_size", input_size)
-        m = check_width_mult(width_mult)
-        c1, c2, c3, c4, fc = (scaled(c, m) for c in (96, 256, 384, 256, 4096))
+        size, (c1, c2, c3, c4, fc) = fixed_size_options(
+            "dorefanet", stem, input_size, width_mult, (96, 256, 384, 256, 4096), act, weight_quantizer
+        )
 
         def conv(cin: int, cout: int, k: int) -> BinaryConv2d:
             return BinaryConv2d(cin, cout, k, padding=k // 2, input_quantizer=act, weight_quantizer=weight_quantizer)
@@ -105,19 +96,11 @@ class DoReFaNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))  # (N, 256 * 6 * 6) -> (N, classes)
 
 
-@register_model("dorefanet")
-def dorefanet(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    input_size: int = 224,
-    stem: str = "imagenet",
-    width_mult: float = 1.0,
-    act: QuantizerSpec = DOREFA_2BIT,
-    weight_quantizer: QuantizerSpec = TENSOR_SIGN,
-) -> DoReFaNet:
-    """DoReFa-Net (AlexNet, W1A2) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small"."""
-    return DoReFaNet(num_classes, in_channels, input_size, stem, width_mult, act, weight_quantizer)
+dorefanet = register_fixed_size_entry(
+    "dorefanet",
+    DoReFaNet,
+    'DoReFa-Net (AlexNet, W1A2) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
+)
 
 
 __all__ = ["DoReFaNet", "dorefanet"]

@@ -1,4 +1,5 @@
-"""Building blocks shared by the model zoo: activations by name, conv-BN-act, ResNet stems."""
+"""Building blocks shared by the model zoo: activations by name, conv-BN-act, ResNet stems and
+shortcuts, and the checks of the options every family takes (width, width_mult, max_dropout)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,40 @@ def conv_bn_act(
     )
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is an integer >= 1 (not a bool), else ValueError naming option ``name`` and quoting it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def projection_shortcut(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """A ResNet block's shortcut, float: identity (an empty ``nn.Sequential``) where the shape is kept,
+    else conv1x1(stride, no bias) -> BN, (N, in, H, W) -> (N, out, H/stride, W/stride) (the kuangliu
+    CIFAR ResNet's; He et al.'s option B)."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Sequential()
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
 def check_width(width: int) -> int:
     """``width`` if it is an integer >= 1, else ValueError quoting it."""
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be an integer >= 1, got {width!r}")
-    return width
+    return check_positive_int("width", width)
+
+
+def check_width_mult(width_mult: object) -> float:
+    """``width_mult`` as a float if it is a number > 0 (not a bool), else ValueError quoting it."""
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
+        raise ValueError(f"width_mult must be a number > 0, got {width_mult!r}")
+    return float(width_mult)
+
+
+def scaled(channels: int, width_mult: float) -> int:
+    """round(channels x width_mult), at least 1: the channel count of a width-scaled layer."""
+    return max(1, int(round(channels * width_mult)))
 
 
 def check_max_dropout(p: Optional[float]) -> Optional[float]:
@@ -58,6 +88,15 @@ def check_max_dropout(p: Optional[float]) -> Optional[float]:
 # "3x3" is the kuangliu CIFAR stem; the stacks trade one large kernel for depth
 # at the same receptive field (3,5 and 3,3,3 both see 7x7).
 STEMS: Tuple[str, ...] = ("3x3", "3x3,3x3", "3x3,3x3,3x3", "3x3,5x5", "7x7")
+
+
+def declare_stem_input(module: nn.Module, in_channels: int, stem: str) -> None:
+    """For a 32x32 model built on :func:`make_stem` whose body downsamples 8x: set what
+    :func:`lowbit.models.check_model_fits` reads. ``input_shape`` = (in, 32, 32), ``stem_name``,
+    ``small_stem`` = "3x3", ``min_input_size`` = 8, or 32 with the "7x7" stem's 4x more."""
+    module.input_shape = (in_channels, 32, 32)
+    module.stem_name, module.small_stem = stem, "3x3"
+    module.min_input_size = 32 if str(stem).replace(" ", "") == "7x7" else 8
 
 
 def make_stem(stem: str, in_channels: int, width: int, act: str = "relu") -> nn.Sequential:
@@ -85,8 +124,13 @@ __all__ = [
     "ACTIVATIONS",
     "STEMS",
     "check_max_dropout",
+    "check_positive_int",
     "check_width",
+    "check_width_mult",
     "conv_bn_act",
+    "declare_stem_input",
     "make_activation",
     "make_stem",
+    "projection_shortcut",
+    "scaled",
 ]

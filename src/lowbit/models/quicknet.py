@@ -34,6 +34,7 @@ Networks", MLSys 2021.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -49,7 +50,7 @@ from lowbit.models.binary_blocks import (
     zoo_options,
 )
 from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
+from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import QuantizerSpec
 
 BN_MOMENTUM, BN_EPS = 0.9, 1e-5
@@ -153,46 +154,23 @@ def _quicknet(variant: str, num_classes: int, in_channels: int, width: int, stem
     return QuickNet(blocks, channels, num_classes, in_channels, stem, act, weight_quantizer, name=variant)
 
 
-@register_model("quicknet")
-def quicknet(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = SIGN_125,
-    weight_quantizer: QuantizerSpec = SIGN_125,
-) -> QuickNet:
-    """QuickNet (channels 64, 128, 256, 512 times width / 64; 4 blocks per section)."""
-    return _quicknet("quicknet", num_classes, in_channels, width, stem, act, weight_quantizer)
+def _quicknet_entry(variant: str, doc: str):
+    return register_width_entry(
+        variant,
+        QuickNet,
+        doc,
+        default_width=64,
+        build=functools.partial(_quicknet, variant),
+    )
 
 
-@register_model("quicknet_small")
-def quicknet_small(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = SIGN_125,
-    weight_quantizer: QuantizerSpec = SIGN_125,
-) -> QuickNet:
-    """QuickNetSmall (channels 32, 64, 256, 512 times width / 64; 4 blocks per section)."""
-    return _quicknet("quicknet_small", num_classes, in_channels, width, stem, act, weight_quantizer)
-
-
-@register_model("quicknet_large")
-def quicknet_large(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = SIGN_125,
-    weight_quantizer: QuantizerSpec = SIGN_125,
-) -> QuickNet:
-    """QuickNetLarge (channels 64, 128, 256, 512 times width / 64; 6, 8, 12, 6 blocks)."""
-    return _quicknet("quicknet_large", num_classes, in_channels, width, stem, act, weight_quantizer)
+quicknet = _quicknet_entry("quicknet", "QuickNet (channels 64, 128, 256, 512 times width / 64; 4 blocks per section).")
+quicknet_small = _quicknet_entry(
+    "quicknet_small", "QuickNetSmall (channels 32, 64, 256, 512 times width / 64; 4 blocks per section)."
+)
+quicknet_large = _quicknet_entry(
+    "quicknet_large", "QuickNetLarge (channels 64, 128, 256, 512 times width / 64; 6, 8, 12, 6 blocks)."
+)
 
 
 __all__ = [

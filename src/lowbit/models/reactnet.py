@@ -37,9 +37,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import LearnableBias, declare_input, scaled, zoo_options
-from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
+from lowbit.models.binary_blocks import LearnableBias, declare_input, scaled, width_options
+from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 STAGE_CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
@@ -104,8 +103,7 @@ class ReActNetA(nn.Module):
         weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
     ) -> None:
         super().__init__()
-        width = check_width(width)
-        zoo_options("reactnet_a", stem, act, weight_quantizer)
+        width = width_options("reactnet_a", stem, width, act, weight_quantizer)
         channels = [scaled(c, width / 32) for c in STAGE_CHANNELS]
         stride = 2 if stem == "imagenet" else 1
         self.stem = nn.Sequential(
@@ -127,18 +125,11 @@ class ReActNetA(nn.Module):
         return self.linear(torch.flatten(self.pool(x), 1))  # (N, 1024) -> (N, classes)
 
 
-@register_model("reactnet_a")
-def reactnet_a(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 32,
-    stem: str = "imagenet",
-    act: QuantizerSpec = "approx_sign",
-    weight_quantizer: QuantizerSpec = "magnitude_aware_sign",
-) -> ReActNetA:
-    """ReActNet-A (binary MobileNet-v1); ``width`` = stem channels (32), all others scaled alike."""
-    return ReActNetA(num_classes, in_channels, width, stem, act, weight_quantizer)
+reactnet_a = register_width_entry(
+    "reactnet_a",
+    ReActNetA,
+    "ReActNet-A (binary MobileNet-v1); ``width`` = stem channels (32), all others scaled alike.",
+)
 
 
 __all__ = ["RPReLU", "ReActBlock", "ReActNetA", "reactnet_a"]

@@ -35,9 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import batch_norm, declare_input, downsample_shortcut, zoo_options
-from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
+from lowbit.models.binary_blocks import batch_norm, declare_input, downsample_shortcut, resnet_stem, width_options
+from lowbit.models.zoo_factory import register_width_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 BN_MOMENTUM = 0.99
@@ -98,19 +97,8 @@ class RealToBinaryNet(nn.Module):
         weight_quantizer: QuantizerSpec = "ste_clipped",
     ) -> None:
         super().__init__()
-        width = check_width(width)
-        zoo_options("real_to_binary_net", stem, act, weight_quantizer)
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),  # (N, w, S/2, S/2)
-                batch_norm(width, BN_MOMENTUM),
-                nn.PReLU(width),
-                nn.MaxPool2d(3, stride=2, padding=1),  # (N, w, S/4, S/4)
-            )
-        else:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 3, padding=1, bias=False), batch_norm(width, BN_MOMENTUM), nn.PReLU(width)
-            )
+        width = width_options("real_to_binary_net", stem, width, act, weight_quantizer)
+        self.stem = resnet_stem(stem, in_channels, width, lambda: [batch_norm(width, BN_MOMENTUM), nn.PReLU(width)])
         declare_input(self, in_channels, stem)
         blocks, channels = [], width
         for block in range(2, 10):
@@ -133,18 +121,11 @@ class RealToBinaryNet(nn.Module):
         return self.linear(torch.flatten(self.pool(x), 1))  # (N, 8w) -> (N, classes)
 
 
-@register_model("real_to_binary_net")
-def real_to_binary_net(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = "ste_clipped",
-    weight_quantizer: QuantizerSpec = "ste_clipped",
-) -> RealToBinaryNet:
-    """Real-to-Binary Net (the binary student); ``weight_quantizer: none`` is its stage-1 network."""
-    return RealToBinaryNet(num_classes, in_channels, width, stem, act, weight_quantizer)
+real_to_binary_net = register_width_entry(
+    "real_to_binary_net",
+    RealToBinaryNet,
+    "Real-to-Binary Net (the binary student); ``weight_quantizer: none`` is its stage-1 network.",
+)
 
 
 __all__ = ["RealToBinaryHalfBlock", "RealToBinaryNet", "ScalingGate", "real_to_binary_net"]

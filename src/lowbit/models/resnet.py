@@ -32,7 +32,14 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from lowbit.models.layers import check_max_dropout, check_width, make_activation, make_stem
+from lowbit.models.layers import (
+    check_max_dropout,
+    check_width,
+    declare_stem_input,
+    make_activation,
+    make_stem,
+    projection_shortcut,
+)
 from lowbit.models.registry import register_model
 from lowbit.nn import MaxDropout
 
@@ -47,12 +54,7 @@ class BasicBlock(nn.Module):
         self.act1 = make_activation(act)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride)
         self.act2 = make_activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,10 +82,7 @@ class ResNet(nn.Module):
         width = check_width(width)
         max_dropout = check_max_dropout(max_dropout)
         make_activation(act)  # validate the name before building anything
-        self.input_shape = (in_channels, 32, 32)
-        # Total downsampling (lowbit.models.fit): the 7x7 stem /4, then three stride-2 stages.
-        self.stem_name, self.small_stem = stem, "3x3"
-        self.min_input_size = 32 if str(stem).replace(" ", "") == "7x7" else 8
+        declare_stem_input(self, in_channels, stem)  # three stride-2 stages (and the 7x7 stem's /4)
         self.stem = make_stem(stem, in_channels, width, act)  # (N, w, 32, 32); 8x8 for "7x7"
         stages = []
         channels = width

@@ -31,7 +31,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lowbit.models.layers import check_max_dropout, conv_bn_act, make_activation, make_stem
+from lowbit.models.layers import (
+    check_max_dropout,
+    check_positive_int,
+    check_width_mult,
+    conv_bn_act,
+    declare_stem_input,
+    make_activation,
+    make_stem,
+    scaled,
+)
 from lowbit.models.registry import register_model
 from lowbit.nn import MaxDropout
 
@@ -84,17 +93,12 @@ class ResNet9(nn.Module):
         bottleneck_ratio: int = 4,
     ) -> None:
         super().__init__()
-        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
-        if isinstance(bottleneck_ratio, bool) or not isinstance(bottleneck_ratio, int) or bottleneck_ratio < 1:
-            raise ValueError(f"bottleneck_ratio must be an integer >= 1, got {bottleneck_ratio!r}")
+        width_mult = check_width_mult(width_mult)
+        bottleneck_ratio = check_positive_int("bottleneck_ratio", bottleneck_ratio)
         max_dropout = check_max_dropout(max_dropout)
         make_activation(act)  # validate the name before building anything
-        c0, c1, c2, c3 = (max(1, round(c * width_mult)) for c in BASE_CHANNELS)
-        self.input_shape = (in_channels, 32, 32)
-        # Total downsampling (lowbit.models.fit): three 2x2 max pools, and /4 more with the 7x7 stem.
-        self.stem_name, self.small_stem = stem, "3x3"
-        self.min_input_size = 32 if str(stem).replace(" ", "") == "7x7" else 8
+        c0, c1, c2, c3 = (scaled(c, width_mult) for c in BASE_CHANNELS)
+        declare_stem_input(self, in_channels, stem)  # three 2x2 max pools (and the 7x7 stem's /4)
 
         def residual(channels: int) -> Residual:
             if bottleneck:

@@ -29,34 +29,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import batch_norm, declare_input, downsample_shortcut, zoo_options
-from lowbit.models.layers import check_width
-from lowbit.models.registry import register_model
-from lowbit.nn import BinaryConv2d, QuantizerSpec
+from lowbit.models.binary_blocks import (
+    BinaryConvResidual,
+    batch_norm,
+    bireal_channels,
+    declare_input,
+    resnet_stem,
+    width_options,
+)
+from lowbit.models.zoo_factory import register_width_entry
+from lowbit.nn import QuantizerSpec
 
 BN_MOMENTUM, BN_EPS = 0.9, 1e-5
 SIGN_125 = {"name": "ste_clipped", "clip": 1.25}
 
 
-class ResNetEBlock(nn.Module):
+class ResNetEBlock(BinaryConvResidual):
     """(N, in, H, W) -> (N, out, H/stride, W/stride): BN(BinConv3x3(q_a(x))) + shortcut(x)."""
 
     def __init__(
         self, in_channels: int, out_channels: int, stride: int, act: QuantizerSpec, weight_quantizer: QuantizerSpec
     ) -> None:
-        super().__init__()
-        self.conv = BinaryConv2d(
-            in_channels, out_channels, 3, stride, padding=1, input_quantizer=act, weight_quantizer=weight_quantizer
-        )
-        self.bn = batch_norm(out_channels, BN_MOMENTUM, BN_EPS)
-        self.shortcut = (
-            nn.Identity()
-            if in_channels == out_channels
-            else downsample_shortcut(in_channels, out_channels, BN_MOMENTUM, BN_EPS)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x)) + self.shortcut(x)
+        super().__init__(in_channels, out_channels, stride, act, weight_quantizer, BN_MOMENTUM, BN_EPS)
 
 
 class BinaryResNetE18(nn.Module):
@@ -72,48 +66,34 @@ class BinaryResNetE18(nn.Module):
         weight_quantizer: QuantizerSpec = SIGN_125,
     ) -> None:
         super().__init__()
-        width = check_width(width)
-        zoo_options("binary_resnet_e18", stem, act, weight_quantizer)
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),  # (N, w, S/2, S/2)
-                batch_norm(width, BN_MOMENTUM, BN_EPS),
-                nn.ReLU(),
-                nn.MaxPool2d(3, stride=2, padding=1),  # (N, w, S/4, S/4)
-                batch_norm(width, BN_MOMENTUM, BN_EPS),
-            )
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False))
+        width = width_options("binary_resnet_e18", stem, width, act, weight_quantizer)
+
+        def bn() -> nn.Module:
+            return batch_norm(width, BN_MOMENTUM, BN_EPS)
+
+        # The small stem is a bare conv (the reference's own for inputs under 50 pixels).
+        self.stem = resnet_stem(
+            stem, in_channels, width, lambda: [bn(), nn.ReLU()], small_norm_act=False, after_pool=lambda: [bn()]
+        )
         declare_input(self, in_channels, stem)
-        blocks, channels = [], width
-        for stage in range(4):
-            out_channels = width * 2**stage
-            for i in range(4):
-                stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(ResNetEBlock(channels, out_channels, stride, act, weight_quantizer))
-                channels = out_channels
-        self.blocks = nn.Sequential(*blocks)
+        channels = bireal_channels(width)  # stride 2 where the channels double
+        self.blocks = nn.Sequential(
+            *(ResNetEBlock(cin, cout, 1 if cin == cout else 2, act, weight_quantizer) for cin, cout in channels)
+        )
         self.head_act = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(channels, num_classes)
+        self.linear = nn.Linear(8 * width, num_classes)  # the last stage's channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head_act(self.blocks(self.stem(x)))
         return self.linear(torch.flatten(self.pool(x), 1))  # (N, 8w) -> (N, classes)
 
 
-@register_model("binary_resnet_e18")
-def binary_resnet_e18(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    width: int = 64,
-    stem: str = "imagenet",
-    act: QuantizerSpec = SIGN_125,
-    weight_quantizer: QuantizerSpec = SIGN_125,
-) -> BinaryResNetE18:
-    """Binary ResNetE-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels."""
-    return BinaryResNetE18(num_classes, in_channels, width, stem, act, weight_quantizer)
+binary_resnet_e18 = register_width_entry(
+    "binary_resnet_e18",
+    BinaryResNetE18,
+    'Binary ResNetE-18; ``stem`` "imagenet" (224x224) or "small" (32x32, 28x28); ``width`` = first-stage channels.',
+)
 
 
 __all__ = ["BinaryResNetE18", "ResNetEBlock", "binary_resnet_e18"]

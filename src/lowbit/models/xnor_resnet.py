@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.layers import check_width
+from lowbit.models.layers import check_width, projection_shortcut
 from lowbit.models.registry import register_model
 from lowbit.nn import BinaryConv2d, QuantizerSpec, make_quantizer
 
@@ -60,12 +60,7 @@ class XnorBasicBlock(nn.Module):
         self.conv2 = BinaryConv2d(
             out_channels, out_channels, 3, padding=1, input_quantizer=act, weight_quantizer=weight_quantizer
         )
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.shortcut = projection_shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.bn1(x))

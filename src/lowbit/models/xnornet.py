@@ -33,16 +33,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.models.binary_blocks import (
-    batch_norm,
-    check_positive_int,
-    check_width_mult,
-    conv_out,
-    declare_fixed_input,
-    scaled,
-    zoo_options,
-)
-from lowbit.models.registry import register_model
+from lowbit.models.binary_blocks import batch_norm, conv_out, declare_fixed_input, fixed_size_options
+from lowbit.models.zoo_factory import register_fixed_size_entry
 from lowbit.nn import BinaryConv2d, QuantizerSpec
 
 BN_MOMENTUM = 0.9
@@ -62,10 +54,9 @@ class XNORNet(nn.Module):
         weight_quantizer: QuantizerSpec = "xnor_weight",
     ) -> None:
         super().__init__()
-        zoo_options("xnornet", stem, act, weight_quantizer)
-        size = check_positive_int("input_size", input_size)
-        m = check_width_mult(width_mult)
-        c1, c2, c3, c4, fc = (scaled(c, m) for c in (96, 256, 384, 256, 4096))
+        size, (c1, c2, c3, c4, fc) = fixed_size_options(
+            "xnornet", stem, input_size, width_mult, (96, 256, 384, 256, 4096), act, weight_quantizer
+        )
 
         def binary(cin: int, cout: int, k: int, padding: int) -> BinaryConv2d:
             return BinaryConv2d(cin, cout, k, padding=padding, input_quantizer=act, weight_quantizer=weight_quantizer)
@@ -109,19 +100,11 @@ class XNORNet(nn.Module):
         return self.linear(torch.flatten(self.features(x), 1))  # (N, 4096) -> (N, classes)
 
 
-@register_model("xnornet")
-def xnornet(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    *,
-    input_size: int = 224,
-    stem: str = "imagenet",
-    width_mult: float = 1.0,
-    act: QuantizerSpec = "ste_clipped",
-    weight_quantizer: QuantizerSpec = "xnor_weight",
-) -> XNORNet:
-    """XNOR-Net (AlexNet) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small"."""
-    return XNORNet(num_classes, in_channels, input_size, stem, width_mult, act, weight_quantizer)
+xnornet = register_fixed_size_entry(
+    "xnornet",
+    XNORNet,
+    'XNOR-Net (AlexNet) for ``input_size`` x ``input_size`` images; ``stem`` "imagenet" or "small".',
+)
 
 
 __all__ = ["XNORNet", "xnornet"]
