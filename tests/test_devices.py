@@ -69,7 +69,8 @@ def recorder_model():
     MODELS._entries.pop("test_dtype_recorder")
 
 
-@pytest.mark.parametrize("precision,channels_last", [("fp32", False), ("bf16", False), ("bf16", True), ("fp32", True)])
+@pytest.mark.parametrize("precision,channels_last", [("fp32", False), ("bf16", False), ("bf16", True), ("fp32", True),
+                                                     ("fp16", False)])
 def test_bf16_autocast_and_channels_last_on_the_cpu(tmp_path, precision, channels_last, recorder_model):
     from lowbit.runs import read_records
     from lowbit.train import load_train_config, train
@@ -81,7 +82,7 @@ def test_bf16_autocast_and_channels_last_on_the_cpu(tmp_path, precision, channel
     ])
     SEEN.clear()
     run_dir = train(config, run_dir=tmp_path / "run")
-    expected_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    expected_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     assert SEEN and all(dtype == expected_dtype for dtype, _ in SEEN)
     assert all(layout == channels_last for _, layout in SEEN)
     rows = read_records(run_dir / "metrics.csv")

@@ -320,6 +320,9 @@ class GradientStats:
         self.reference_bits = reference_bits
         self.reference_scale = reference_scale
         self.step: Optional[int] = None
+        # mixed-precision loss scaling multiplies every gradient of the backward pass by this (a power of 2);
+        # the records divide it out (exactly), so they describe the true gradients
+        self.loss_scale: float = 1.0
         self.records: List[Dict[str, Any]] = []
         self.histograms: List[Dict[str, Any]] = []
         self._calls: Dict[Tuple[str, str], int] = {}
@@ -398,6 +401,9 @@ class GradientStats:
 
     @torch.no_grad()
     def _record(self, layer, kind, call, grad, step, r, bits, scale, rounding, quantized) -> None:
+        if self.loss_scale != 1.0:  # every quantity below is in gradient units: all of them scaled back
+            grad, step, r = grad / self.loss_scale, step / self.loss_scale, r / self.loss_scale
+            quantized = None if quantized is None else quantized / self.loss_scale
         g = grad.detach().reshape(-1).double()  # (numel,)
         step64 = step.double()
         y = g.abs() / step64  # |g| in grid steps

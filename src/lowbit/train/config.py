@@ -272,7 +272,9 @@ class RunConfig:
     epochs: int = 20  # passes over the training set; LeNet-5 on digits plateaus at ~99% by epoch 16-20
     seed: int = 0  # seeds model init, data order and augmentation; same seed -> same numbers
     device: str = "cpu"  # cpu | cuda | cuda:N (under torchrun: cuda means each rank's cuda:LOCAL_RANK)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA or CPU (weights and optimizer stay fp32)
+    # bf16: autocast on CUDA or CPU (weights and optimizer stay fp32); fp16: autocast with dynamic loss scaling
+    # (lowbit.train.precision), for GPUs without bf16 (V100, T4)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     allow_tf32: bool = False  # CUDA matmuls/convs in TensorFloat-32 (faster, ~3 decimal digits); off: exact fp32
     deterministic: bool = True  # torch.use_deterministic_algorithms; exact resume and repeatable runs
     # torch.compile of the module the training step calls (lowbit.train.compiler, docs/training.md): false = eager;
@@ -383,6 +385,13 @@ class TrainConfig:
         # options that only make sense together, reported together
         if self.binarize is not None and self.quant:
             raise ValueError("binarize: and quant: are both set; a run binarizes (1 bit) or trains k-bit layers, not both")
+        quantizes_gradients = self.quant is not None and any(self.quant.get(k, 8) is not None for k in ("g_bits", "e_bits"))
+        if self.run.precision == "fp16" and quantizes_gradients:
+            raise ValueError(
+                "run.precision=fp16 with quant: that quantizes gradients (g_bits / e_bits, 8 by default): fp16's loss "
+                "scaling would put S times each gradient on their grids; use run.precision=bf16 or fp32, or set "
+                "quant.g_bits and quant.e_bits to null"
+            )
 
     @property
     def run_name(self) -> str:

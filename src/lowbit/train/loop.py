@@ -73,6 +73,7 @@ from lowbit.train.checkpoint import (
 from lowbit.train.compiler import CompileFailed, check_compile, compile_errors, compile_module, describe_compile
 from lowbit.train.config import TrainConfig
 from lowbit.train.distributed import Distributed, check_divisible, from_environment
+from lowbit.train.precision import Precision
 from lowbit.train.flips import flip_ratio_for
 from lowbit.train.distill import build_distiller, resolve_teacher
 from lowbit.train.guards import KeptCheckpoint, TrainingDiverged, check_checkpointable, divergence_fix, nonfinite_tensor
@@ -605,6 +606,7 @@ def _train(
         forward = compile_module(eager_forward, cfg.run) if cfg.run.compile_mode else eager_forward
         binary_later = setup.distiller is not None and bool(setup.distiller.stage2_layers)  # Real-to-Binary's stage 2
         flips = flip_ratio_for(model, cfg.run.flip_ratio, binary_later)  # None for a float model (lowbit.train.flips)
+        precision = Precision(cfg.run.precision, dev)  # autocast; fp16: loss scaling (lowbit.train.precision)
         data_gen = torch.Generator().manual_seed(cfg.run.seed)  # data order (CPU: randperm)
         aug_gen = torch.Generator(device=dev).manual_seed(cfg.run.seed + 1)  # augmentation and mixup
         generators = {"data": data_gen, "augment": aug_gen}
@@ -667,6 +669,7 @@ def _train(
             if flips is not None:
                 flips.track_new_layers()  # the layers a restored stage 2 made binary
                 flips.load_state_dict(state.get("flip_ratio"))
+            precision.load_state_dict(state.get("grad_scaler"))  # fp16: the loss scale S and its counter
             if main:
                 _rewrite_metrics(run_dir / METRICS_FILE, history)
                 _keep_grad_stats_before(run_dir, step)
@@ -728,13 +731,13 @@ def _train(
                     "quantizer_schedules": _quantizer_schedules(model),
                     "flip_ratio": flips.state_dict() if flips is not None else None,
                     "distill": setup.distiller.state_dict() if setup.distiller is not None else None,
+                    "grad_scaler": precision.state_dict(),  # fp16's loss scale; None otherwise
                 },
             )
             kept.saved(epoch, step, position)
 
         interrupt_at = int(os.environ[INTERRUPT_ENV]) if os.environ.get(INTERRUPT_ENV) else None
-        bf16 = cfg.run.precision == "bf16"
-        autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        autocast = precision.autocast
         n_train, batch = setup.train_images.shape[0], cfg.data.batch_size
         stop = _StopFlag()
         stopped_early = False  # on_epoch asked to stop (recorded in stopped.yaml)
@@ -779,6 +782,7 @@ def _train(
                         sampled = stats is not None and step % stats_every == 0
                         if sampled:
                             stats.step = step  # optimizer steps before this one (0-based)
+                            stats.loss_scale = precision.loss_scale  # fp16: the hooks see S times each gradient
                             stats.attach()
                         # GradientStats' hooks, attached for this step only, are invisible to a compiled graph
                         # (dynamo does not guard on hooks): a sampled step runs eagerly, the same numbers
@@ -797,12 +801,13 @@ def _train(
                             raise TrainingDiverged(_divergence_message(value, epoch, i, step, cfg, kept, model), run_dir)
                         optimizer.zero_grad(set_to_none=True)
                         with compile_errors(cfg.run, step, run_dir):  # AOTAutograd compiles the backward at its first call
-                            loss.backward()
+                            precision.backward(loss)  # fp16: (S loss).backward(), every gradient times S
                         if sampled:
                             stats.detach()
                         if cfg.optim.grad_clip is not None:
+                            precision.unscale(optimizer)  # clip the true gradient, not S times it
                             nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                        optimizer.step()
+                        precision.step(optimizer)  # fp16: skipped when a gradient overflowed (S halves)
                         clip_latent_weights_(model)  # binary layers' weight_clip (model.weight_clip); else nothing
                         if flips is not None:
                             flips.update()

@@ -414,12 +414,15 @@ def write_train_report(run_dir: PathLike) -> Path:
     return path
 
 
+PRECISION_WORDS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}  # run.precision in the report
+
+
 def _execution(config: Mapping[str, Any]) -> str:
     """Where and how the steps ran: ``run.device``, ``run.precision``, ``run.compile`` (with config.yaml's values)."""
     from lowbit.train.compiler import describe_compile
 
     precision = get_dotted(config, "run.precision", "fp32")
-    return (f"run.device {get_dotted(config, 'run.device', 'cpu')}, {'bf16 autocast' if precision == 'bf16' else precision}, "
+    return (f"run.device {get_dotted(config, 'run.device', 'cpu')}, {PRECISION_WORDS.get(precision, precision)}, "
             f"{describe_compile(get_dotted(config, 'run.compile'), get_dotted(config, 'run.compile_backend'))}")
 
 
