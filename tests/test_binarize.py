@@ -190,6 +190,23 @@ def test_a_sign_after_a_nonnegative_activation_warns(before):
         binarize(model)
 
 
+class DimCheckedNorm(nn.BatchNorm2d):
+    """A BatchNorm subclass outside torch.nn whose forward checks x.dim() (as torch's does): fx cannot trace into it."""
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError("expected a 4-d input")
+        return super().forward(x)
+
+
+def test_a_dead_sign_is_found_statically_past_a_module_fx_cannot_trace_into():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), DimCheckedNorm(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.warns(DeadSignWarning, match="3 \\(after ReLU '2'\\)"):
+        binarize(model)  # no example input: only the static trace can tell
+    signed = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), DimCheckedNorm(4), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4, 2))
+    binarize(signed)  # the norm's output is not known to be non-negative: no warning (they are errors here)
+
+
 class FunctionalRelu(nn.Module):
     def __init__(self):
         super().__init__()

@@ -111,12 +111,19 @@ def is_sign_like(quantizer: Optional[nn.Module]) -> bool:
 
 
 class _LeafTracer(torch.fx.Tracer):
-    """Keeps quantized layers and quantizers as single nodes (their autograd Functions do not trace)."""
+    """Keeps quantized layers, quantizers and every module without submodules as single nodes.
+
+    Quantizers' autograd Functions do not trace; a module of user or library code
+    without submodules (a BatchNorm subclass whose forward checks ``x.dim()``, a
+    custom activation) is opaque either way: its output sign is unknown, which is
+    the conservative answer (only known producers count as non-negative).
+    """
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         from lowbit.quant import Quantizer
 
-        return super().is_leaf_module(m, qualname) or is_quantized_layer(m) or isinstance(m, Quantizer)
+        return (super().is_leaf_module(m, qualname) or is_quantized_layer(m) or isinstance(m, Quantizer)
+                or next(m.children(), None) is None)
 
 
 def nonnegative_inputs(model: nn.Module, layer_names: Sequence[str]) -> Optional[Dict[str, str]]:
