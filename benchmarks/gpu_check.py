@@ -401,6 +401,9 @@ def cell_section(args: argparse.Namespace, device: torch.device, budget: Budget)
     run_dirs = sorted(runs.glob("*/")) if runs.is_dir() else []
     done = _records_units(run_dirs[-1]) if run_dirs else 0
     numbers = {**result, "cell": cell["id"], "label": cell["label"], "units_done": done, "units_planned": planned}
+    estimates = re.findall(r"total ~([^\n]+)", (args.out / "cell.log").read_text())
+    if estimates:  # the probe times one unit's parts on the device before it starts: there even if no unit ends
+        numbers["probe_estimate"] = estimates[-1].strip()
     if done:
         numbers["cell_seconds_estimate"] = result["seconds"] / done * planned
     state = ("whole cell" if done == planned and result["rc"] == 0 else f"{done} of {planned} units in the {allowed:.0f} s given")
@@ -411,6 +414,8 @@ def cell_section(args: argparse.Namespace, device: torch.device, budget: Budget)
     if done:
         lines.append(f"The whole cell at that rate: **≈ {numbers['cell_seconds_estimate'] / 60:.1f} min** "
                      "(the notes' protocol is 18 such cells, dims 2-64; the dim-64 ones cost the most).")
+    if "probe_estimate" in numbers:
+        lines.append(f"The probe's own estimate before it started (its parts timed on {device.type}): ~{numbers['probe_estimate']}.")
     return lines, numbers
 
 
