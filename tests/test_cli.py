@@ -57,3 +57,17 @@ def test_from_python_the_same_probe_warns_as_python_does(tmp_path):
         warnings.simplefilter("error", SurrogateUnusedWarning)
         with pytest.raises(SurrogateUnusedWarning):  # a Python user can make it an error, as with any warning
             run_grid(from_dict(ProbeConfig, {**FLOAT_NET_PROBE, "seed": 1}), tmp_path / "again", progress=False, estimate=False)
+
+
+def test_a_sweep_cell_log_shows_the_warning_as_the_command_does(tmp_path):
+    from lowbit.sweep.driver import load_sweep_spec, run_sweep
+
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(FLOAT_NET_PROBE))
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "w", "command": "probe", "base": "probe.yaml",
+                                                        "grid": {"seed": [0]}, "workers": 1, "threads": 1}))
+    sweep_dir = run_sweep(load_sweep_spec(tmp_path / "spec.yaml"), spec_dir=tmp_path, runs_dir=tmp_path / "sweeps",
+                          progress=False, log=lambda line: None)
+    (log,) = sweep_dir.rglob("cell.log")
+    warned = [line for line in log.read_text().splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("lowbit probe: warning: the surrogate ClippedSignSTE replaces nothing")
+    assert "SurrogateUnusedWarning" not in log.read_text()

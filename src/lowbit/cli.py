@@ -13,11 +13,9 @@ crash, a surrogate that replaces nothing) print as ``lowbit CMD: warning: ...``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import pickle
 import sys
-import warnings
 from typing import Optional, Sequence
 
 import lowbit
@@ -25,6 +23,7 @@ from lowbit.allocator import apply_policy
 from lowbit.cli_args import IntermixedParser
 from lowbit.files import storage_error
 from lowbit.plugins import import_plugins, load_entry_point_plugins, merge_plugins
+from lowbit.user_warnings import is_lowbit_warning, one_line_warnings  # noqa: F401 (is_lowbit_warning: public here too)
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
@@ -100,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         apply_policy()  # keep freed memory in the process (lowbit.allocator; LOWBIT_MALLOC=default to not)
         load_entry_point_plugins()  # installed plugin packages; a broken one is one line, before any work
         import_plugins(args.imports, "--import")
-        with _one_line_warnings(words):
+        with one_line_warnings(words):
             return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -136,39 +135,6 @@ def error_message(error: BaseException, command: str) -> str:
     text = str(error).strip().splitlines()
     detail = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
     return f"internal error ({detail}); rerun with --debug for the traceback and report it"
-
-
-def is_lowbit_warning(category: type) -> bool:
-    """A warning class of lowbit's own (``RecordsRecovered``, ``SurrogateUnusedWarning``, ``DeadSignWarning``, ...).
-
-    These are messages to the user that already name the problem and the fix;
-    Python's own and other libraries' warnings (DeprecationWarning, torch's) are
-    for the developer and keep Python's format with file and line.
-    """
-    return category.__module__.split(".")[0] == "lowbit"
-
-
-@contextlib.contextmanager
-def _one_line_warnings(command: str):
-    """lowbit's own warnings (:func:`is_lowbit_warning`) as ``lowbit CMD: warning: ...`` lines; others as Python shows them.
-
-    Only while a ``lowbit`` command runs: from Python the warnings keep their
-    classes and format (``pytest.warns``, ``warnings.simplefilter`` work as usual).
-    """
-    previous = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
-        if is_lowbit_warning(category):
-            text = " ".join(str(message).split())  # one line, whatever the message holds
-            print(f"lowbit {command}: warning: {text}", file=sys.stderr)
-        else:
-            previous(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -73,6 +73,7 @@ def execute_cell(job: CellJob) -> CellOutcome:
     import torch
 
     from lowbit.sweep.commands import get_adapter
+    from lowbit.user_warnings import one_line_warnings
 
     host = socket.gethostname()
     scratch = tempfile.mkdtemp(prefix=f"lowbit-{job.cell_id}-") if job.ship else None
@@ -88,7 +89,8 @@ def execute_cell(job: CellJob) -> CellOutcome:
             torch.set_num_threads(job.threads)
             adapter = get_adapter(job.command)
             config = adapter.build(job.config)
-            adapter.run(config, run_dir, log=lambda line: print(line, flush=True))
+            with one_line_warnings(job.command):  # as the lowbit command shows them
+                adapter.run(config, run_dir, log=lambda line: print(line, flush=True))
         except KeyboardInterrupt:  # SIGINT/SIGTERM from the driver: the command saved what it had
             status, error = INTERRUPTED, "interrupted"
         except BaseException as exc:  # noqa: BLE001 - any failure of one cell is recorded, never raised
