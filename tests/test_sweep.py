@@ -221,6 +221,66 @@ def test_ray_executor_equals_local(grid_sweep, ray_session, tmp_path):
             assert yaml.safe_load((cell_dir / "meta.yaml").read_text())["malloc"] == "keep"
 
 
+# ---- GPUs on one machine: the local executor's slots
+
+
+def test_gpu_slots_share_out_the_gpus_as_asked():
+    from lowbit.sweep.spec import ResourcesSpec
+
+    assert ResourcesSpec().gpu_slots(visible=8) == []  # num_gpus 0: no slots, cells on the CPU
+    assert ResourcesSpec(num_gpus=1).gpu_slots(visible=3) == ["0", "1", "2"]
+    assert ResourcesSpec(num_gpus=1, gpu_ids=[5, 7]).gpu_slots(visible=0) == ["5", "7"]
+    assert ResourcesSpec(num_gpus=2, gpu_ids=[0, 1, 2, 3, 4]).gpu_slots(visible=0) == ["0,1", "2,3"]
+    assert ResourcesSpec(num_gpus=0.5, gpu_ids=[0, 1]).gpu_slots(visible=0) == ["0", "1", "0", "1"]
+    for resources, message in [({"num_gpus": 1}, "torch sees no CUDA device here"),
+                               ({"num_gpus": 1.5, "gpu_ids": [0, 1]}, "a whole number of GPUs"),
+                               ({"num_gpus": 3, "gpu_ids": [0, 1]}, "a whole number of GPUs up to the 2"),
+                               ({"num_gpus": 0.3, "gpu_ids": [0]}, "must be 1/k")]:
+        with pytest.raises(ValueError, match=message):
+            ResourcesSpec(**resources).gpu_slots(visible=0)
+    with pytest.raises(ValueError, match="distinct GPU indices"):
+        ResourcesSpec(num_gpus=1, gpu_ids=[1, 1])
+
+
+def test_resources_can_be_set_on_the_command_line(tmp_path):
+    write_spec(tmp_path, grid={"optim.lr": [0.05]})
+    spec = load_sweep_spec(tmp_path / "spec.yaml", ["resources.num_gpus=0.5", "resources.gpu_ids=[2,3]", "run.device=cuda"])
+    assert (spec.resources.num_gpus, spec.resources.gpu_ids) == (0.5, [2, 3])
+    assert "run.device=cuda" in spec.overrides  # a cell's key: for every cell
+
+
+def test_each_local_cell_gets_its_own_gpu_slot(tmp_path):
+    """3 cells, 3 workers asked, 2 GPU slots: 2 cells at a time, each with its CUDA_VISIBLE_DEVICES (the cells
+    themselves train on the CPU: this machine has no GPU; the variable is what a cell on cuda would see)."""
+    write_spec(tmp_path, grid={"optim.lr": [0.05, 0.1, 0.02]}, workers=3, resources={"num_gpus": 1, "gpu_ids": [5, 7]})
+    lines = []
+    spec = load_sweep_spec(tmp_path / "spec.yaml")
+    sweep_dir = run_sweep(spec, spec_dir=tmp_path, runs_dir=tmp_path / "runs", progress=False, log=lines.append)
+    assert "2 worker process(es), one GPU slot each (5, 7)" in lines[0], lines[0]
+    assert [s.status for s in read_cells(sweep_dir)] == ["done"] * 3
+    seen = []
+    for state in read_cells(sweep_dir):
+        first = (sweep_dir / state.run_dir / "cell.log").read_text().splitlines()[0]
+        seen.append(first.rsplit("CUDA_VISIBLE_DEVICES=", 1)[1])
+    assert sorted(seen[:2]) == ["5", "7"] and seen[2] in ("5", "7")  # the first two at once; the third reuses one
+
+
+def test_gpu_settings_that_cannot_work_fail_before_the_sweep_directory(tmp_path):
+    runs = tmp_path / "runs"
+    import torch
+
+    no_gpu = [] if torch.cuda.is_available() else [({"num_gpus": 1}, "local", "torch sees no CUDA device here")]
+    for resources, executor, message in no_gpu + [({"gpu_ids": [0]}, "local", "resources.num_gpus is 0"),
+                                         ({"num_gpus": 1, "gpu_ids": [0]}, "ray", "gpu_ids is for the local executor")]:
+        if executor == "ray":
+            pytest.importorskip("ray")
+        write_spec(tmp_path, grid={"optim.lr": [0.05]}, resources=resources, executor=executor)
+        with pytest.raises(ValueError, match=message):
+            run_sweep(load_sweep_spec(tmp_path / "spec.yaml"), spec_dir=tmp_path, runs_dir=runs, progress=False,
+                      log=lambda line: None)
+        assert not runs.exists()
+
+
 # ---- failures, kills, resume
 
 

@@ -50,7 +50,8 @@ from lowbit.sweep.worker import INTERRUPTED, KILLED, CellJob, CellOutcome, fault
 
 PathLike = Union[str, Path]
 Log = Callable[[str], None]
-SPEC_KEYS_FROM_CLI = ("grid.", "zip.", "seeds")  # override keys that change the spec; any other key is for every cell
+# override keys that change the spec (its grid, its seeds, what each cell asks for); any other key is for every cell
+SPEC_KEYS_FROM_CLI = ("grid.", "zip.", "seeds", "resources.")
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -65,7 +66,8 @@ def load_sweep_spec(path: PathLike, overrides: Sequence[str] = ()) -> SweepSpec:
     """The spec file plus ``key=value`` overrides.
 
     ``grid.KEY=[...]``, ``zip.KEY=[...]`` and ``seeds=[...]`` change the spec's
-    grid; every other override applies to every cell's config (it is appended to
+    grid, ``resources.KEY=...`` what each cell asks for (``resources.num_gpus=1``);
+    every other override applies to every cell's config (it is appended to
     the spec's ``overrides``), as it would on the command line of the command.
     """
     data = read_yaml(path)
@@ -214,14 +216,23 @@ def _executor(spec: SweepSpec, threads: int):
             from lowbit.sweep.executors import RAY_INSTALL_HINT
 
             raise ValueError(f"executor ray needs Ray, which is not installed: {RAY_INSTALL_HINT}") from None
+        if spec.resources.gpu_ids is not None:
+            raise ValueError("resources.gpu_ids is for the local executor; Ray gives each cell its GPUs itself "
+                             "(resources.num_gpus), from the GPUs its nodes were started with")
         return RayExecutor(spec.address, spec.workers or available_cores(), spec.resources.num_cpus, spec.resources.num_gpus)
-    return LocalExecutor(spec.workers or available_cores())
+    if spec.resources.gpu_ids is not None and spec.resources.num_gpus == 0:
+        raise ValueError("resources.gpu_ids is set but resources.num_gpus is 0: set num_gpus (GPUs per cell, or 1/k)")
+    import torch
+
+    slots = spec.resources.gpu_slots(torch.cuda.device_count())  # device_count asks NVML: no CUDA context here
+    return LocalExecutor(spec.workers or available_cores(), slots)
 
 
 def _where(spec: SweepSpec, runner: Any) -> str:
     if spec.executor == "ray":
         return f"cluster {spec.address}" if spec.address else "a local Ray instance on 127.0.0.1"
-    return f"{runner.capacity} worker process(es)"
+    gpus = f", one GPU slot each ({', '.join(runner.gpu_slots)})" if runner.gpu_slots else ""
+    return f"{runner.capacity} worker process(es){gpus}"
 
 
 def _new_state(cell: Cell, adapter: CommandAdapter, base_file: Optional[str], spec: SweepSpec) -> CellState:

@@ -46,8 +46,13 @@ class LocalExecutor:
 
     PRELOAD = ["lowbit.sweep.preload"]  # imported once in the fork server instead of once per cell
 
-    def __init__(self, workers: int):
-        self.capacity = workers
+    def __init__(self, workers: int, gpu_slots: Optional[List[str]] = None):
+        # gpu_slots: one CUDA_VISIBLE_DEVICES value per cell that may run at once (ResourcesSpec.gpu_slots);
+        # each running cell holds one, so no two share a GPU beyond what num_gpus allows
+        self.gpu_slots = list(gpu_slots or [])
+        self.capacity = min(workers, len(self.gpu_slots)) if self.gpu_slots else workers
+        self._free_slots = list(self.gpu_slots)
+        self._slot_of: Dict[str, str] = {}
         self._running: Dict[str, Tuple[Any, Any, CellJob]] = {}  # cell id -> (process, connection, job)
         self._outcomes: Dict[str, Optional[CellOutcome]] = {}  # received before the process was reaped
 
@@ -58,6 +63,8 @@ class LocalExecutor:
             self._context.set_forkserver_preload(self.PRELOAD)  # torch imported once, not once per cell
 
     def submit(self, job: CellJob) -> None:
+        if self.gpu_slots:
+            job.visible_devices = self._slot_of[job.cell_id] = self._free_slots.pop(0)
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(target=local_worker_main, args=(job, send), name=f"lowbit-{job.cell_id}")
         process.start()
@@ -92,6 +99,8 @@ class LocalExecutor:
                     pass
             connection.close()
             del self._running[cell_id]
+            if cell_id in self._slot_of:
+                self._free_slots.append(self._slot_of.pop(cell_id))
             outcome = self._outcomes.pop(cell_id, None)
             finished.append(outcome or _died(job, process.exitcode))
         return finished

@@ -75,16 +75,45 @@ class TableSpec:
 
 @dataclass
 class ResourcesSpec:
-    """What each cell asks of a Ray cluster (the local executor runs one cell per worker process)."""
+    """What each cell asks: of a Ray cluster, or (GPUs) of the local executor's machine."""
 
-    num_cpus: float = 1.0  # CPUs reserved per cell; also its torch threads unless `threads` is set
-    num_gpus: float = 0.0  # GPUs per cell (a cell on a GPU also needs run.device=cuda / device=cuda)
+    num_cpus: float = 1.0  # CPUs reserved per cell (Ray); also its torch threads unless `threads` is set
+    # GPUs per cell (a cell on a GPU also needs run.device=cuda / device=cuda). Ray assigns them; the local
+    # executor gives each running cell its own (CUDA_VISIBLE_DEVICES): a whole number, or 1/k (k cells per GPU)
+    num_gpus: float = 0.0
+    gpu_ids: Optional[List[int]] = None  # local executor: the GPUs it hands out (default: every one torch sees)
 
     def __post_init__(self) -> None:
         if self.num_cpus <= 0:
             raise ValueError(f"resources.num_cpus must be > 0, got {self.num_cpus}")
         if self.num_gpus < 0:
             raise ValueError(f"resources.num_gpus must be >= 0, got {self.num_gpus}")
+        if self.gpu_ids is not None and (not self.gpu_ids or len(set(self.gpu_ids)) != len(self.gpu_ids)
+                                         or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.gpu_ids)):
+            raise ValueError(f"resources.gpu_ids must be distinct GPU indices >= 0, got {self.gpu_ids}")
+
+    def gpu_slots(self, visible: int) -> List[str]:
+        """The local executor's slots, one per cell that may run at once: each a CUDA_VISIBLE_DEVICES value.
+
+        ``visible``: how many GPUs torch sees (used when ``gpu_ids`` is not given). Empty when
+        ``num_gpus`` is 0; a ValueError when the GPUs cannot be shared out as asked.
+        """
+        if self.num_gpus == 0:
+            return []
+        ids = list(self.gpu_ids) if self.gpu_ids is not None else list(range(visible))
+        if not ids:
+            raise ValueError(f"resources.num_gpus={self.num_gpus:g} but torch sees no CUDA device here; run the cells "
+                             "on the CPU (resources.num_gpus=0) or name the GPUs in resources.gpu_ids")
+        if self.num_gpus >= 1:
+            per_cell = int(self.num_gpus)
+            if per_cell != self.num_gpus or per_cell > len(ids):
+                raise ValueError(f"resources.num_gpus={self.num_gpus:g} per cell: a whole number of GPUs up to the "
+                                 f"{len(ids)} there are ({ids}), or 1/k to run k cells on each")
+            return [",".join(map(str, ids[i:i + per_cell])) for i in range(0, len(ids) - per_cell + 1, per_cell)]
+        share = round(1.0 / self.num_gpus)
+        if abs(share * self.num_gpus - 1.0) > 1e-9:
+            raise ValueError(f"resources.num_gpus={self.num_gpus:g}: a fraction of a GPU must be 1/k (0.5, 0.25, ...)")
+        return [str(i) for _ in range(share) for i in ids]  # GPU by GPU: the first cells on different GPUs
 
 
 @dataclass

@@ -45,6 +45,7 @@ class CellJob:
     ship: bool = False  # run in a scratch folder and send the folder back
     files: Optional[bytes] = None  # ship: the cell folder so far (a resumed cell), packed
     kill: bool = False  # fault injection: the worker SIGKILLs itself before starting
+    visible_devices: Optional[str] = None  # local executor with GPUs: this cell's CUDA_VISIBLE_DEVICES ("2", "0,1")
 
 
 @dataclass
@@ -70,6 +71,8 @@ def execute_cell(job: CellJob) -> CellOutcome:
     """Run ``job`` to its end; every exception becomes a ``failed`` outcome with a one-line error."""
     if job.kill:
         os.kill(os.getpid(), signal.SIGKILL)
+    if job.visible_devices is not None:  # before CUDA starts in this process (torch starts it lazily)
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.visible_devices
     import torch
 
     from lowbit.sweep.commands import get_adapter
@@ -84,7 +87,9 @@ def execute_cell(job: CellJob) -> CellOutcome:
     start = time.perf_counter()
     status, error = DONE, None
     with open(run_dir / LOG_FILE, "a") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
-        print(f"cell {job.cell_id} attempt {job.attempt}: pid {os.getpid()} on host {host}, {job.threads} torch threads", flush=True)
+        gpus = "" if job.visible_devices is None else f", CUDA_VISIBLE_DEVICES={job.visible_devices}"
+        print(f"cell {job.cell_id} attempt {job.attempt}: pid {os.getpid()} on host {host}, {job.threads} torch threads{gpus}",
+              flush=True)
         try:
             torch.set_num_threads(job.threads)
             adapter = get_adapter(job.command)
