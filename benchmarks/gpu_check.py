@@ -1,6 +1,6 @@
 """The GPU figures of issue #13 in one run, for the few minutes a GPU is lent.
 
-    python3 benchmarks/gpu_check.py --out $OUT                 # on a GPU machine: every section, ~7 min
+    python3 benchmarks/gpu_check.py --out $OUT                 # on a GPU machine: every section, ~7.5 min
     python3 benchmarks/gpu_check.py --out /tmp/g --device cpu --quick   # the same code on a CPU, tiny sizes
     python3 benchmarks/gpu_check.py --out $OUT --sections nes,train_steps --budget 120   # a rerun of two
 
@@ -466,8 +466,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.md, gpu_check.json and the logs")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder for run directories (default: a temp dir)")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (to check the script itself)")
-    parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole check (default 420)")
-    parser.add_argument("--section-cap", type=float, default=150.0, help="the most seconds one subprocess section gets")
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check (default 450)")
+    parser.add_argument("--section-cap", type=float, default=180.0, help="the most seconds one subprocess section gets")
     parser.add_argument("--cell-cap", type=float, default=120.0, help="the most seconds the dim-64 cell gets")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script on a CPU in seconds)")
