@@ -366,6 +366,44 @@ def test_probe_logs_each_unit_and_the_means_to_mlflow(tmp_path, mlflow_uri):
     assert all(math.isfinite(v) for v in run.data.metrics.values())
 
 
+@register_tracker("kill_at_unit")
+class KillAtUnitTracker(KillOnceTracker):
+    """SIGKILLs its process the first time it is given the probe's unit ``at_step``: listed first in ``trackers``,
+    before the others log that unit, whose records are already saved."""
+
+    at_step = 1
+
+    def log_scalars(self, scalars, step):
+        if step == self.at_step and self.marker is not None and not self.marker.exists():
+            self.marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_probe_killed_between_saving_and_logging_a_unit_resumes_with_every_unit_logged_once(tmp_path, mlflow_uri):
+    pytest.importorskip("tensorboard")
+    from faults import run_lowbit
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lowbit.probe.command import run_probe
+
+    KillAtUnitTracker.marker = tmp_path / "killed"
+    data = {**PROBE, "trackers": ["kill_at_unit", "tensorboard", "mlflow"], "mlflow": {"tracking_uri": mlflow_uri}}
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(data))
+    result = run_lowbit(["probe", str(tmp_path / "probe.yaml"), "--quiet", "--runs-dir", str(tmp_path / "runs")])
+    assert result.rc == -signal.SIGKILL, result.err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len({r["unit"] for r in read_records(run_dir / "records.csv", text_columns=("unit",))}) == 2  # unit 1 saved
+    key = mlflow_name("best_decrease/nes")
+    client, run = mlflow_run(mlflow_uri, run_dir)
+    assert [s for s, _ in history(client, run.info.run_id, key)] == [0]  # ... but not logged
+
+    run_probe(resume=run_dir, progress=False, estimate=False)
+    assert [s for s, _ in history(client, run.info.run_id, key)] == [0, 1, 2, 3]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("best_decrease/nes")] == [0, 1, 2, 3]
+
+
 @pytest.mark.slow
 def test_a_local_sqlite_store_needs_no_server(tmp_path, monkeypatch):
     """MLflow 3's default kind of store (sqlite:///mlflow.db), as a user without a server gets it."""

@@ -113,7 +113,8 @@ def run_probe(
 
     with sigterm_as_interrupt():
         try:
-            run_grid(config, run_dir, progress=progress, estimate=estimate, after_unit=log_unit if trackers else None)
+            run_grid(config, run_dir, progress=progress, estimate=estimate, after_unit=log_unit if trackers else None,
+                     replay_done=resume is not None)  # every recorded unit again: a kill may have cut one's logging
         except KeyboardInterrupt:
             if (run_dir / RECORDS_FILE).exists():
                 write_probe_report(run_dir)

@@ -48,7 +48,7 @@ from lowbit.probe.plan import (
     unit_id,
 )
 from lowbit.estimators.subset import subset_cosine
-from lowbit.runs import RecordWriter
+from lowbit.runs import RecordWriter, read_records
 
 __all__ = ["STATS", "iter_units", "measure_stats_unit", "measure_unit", "prepare", "run_grid", "unit_id"]
 
@@ -59,11 +59,13 @@ def iter_units(config: ProbeConfig, layers: Sequence[str] = ()) -> Iterator[Tupl
 
 
 def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate: bool = True,
-             after_unit: Optional[Callable[[int, List[Dict[str, Any]]], None]] = None) -> int:
+             after_unit: Optional[Callable[[int, List[Dict[str, Any]]], None]] = None, replay_done: bool = False) -> int:
     """Measure every unit not yet in ``run_dir/records.csv``; return how many were computed.
 
     With ``estimate`` the time the remaining units will take is printed before they start.
-    ``after_unit(position in the plan, records)`` is called once each unit's records are saved.
+    ``after_unit(position in the plan, records)`` is called once each unit's records are saved;
+    with ``replay_done`` first for every unit already recorded, in plan order (a resumed run's
+    trackers then hold every unit, also one saved just before a kill cut its logging short).
     """
     from tqdm.auto import tqdm
 
@@ -78,6 +80,13 @@ def run_grid(config: ProbeConfig, run_dir: Path, progress: bool = True, estimate
     writer = RecordWriter(records_path)  # drops the rows of a unit whose write was cut short (with a warning)
     todo = [u for u in units if u.id not in done]
     order = {u.id: index for index, u in enumerate(units)}  # a unit's place in the plan, the trackers' step
+    if replay_done and after_unit is not None and done:
+        recorded: Dict[str, List[Dict[str, Any]]] = {}
+        for row in read_records(records_path, text_columns=("unit", "estimator", "layer", "probed_layer")):
+            recorded.setdefault(str(row["unit"]), []).append(row)
+        for unit in units:
+            if unit.id in recorded:
+                after_unit(order[unit.id], recorded[unit.id])
     # Into a redirected log the bar is redrawn only every _bar_interval() seconds: a postfix change must
     # not force a redraw there (tqdm's set_postfix_str refreshes by default, i.e. two lines per unit).
     interactive = sys.stderr.isatty()

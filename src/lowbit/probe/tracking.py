@@ -6,9 +6,9 @@ reference (CDG), the best loss decrease and its lr, the best loss, the
 quick-check decrease, the seconds per estimate, the base loss, ... — as the
 scalar ``<metric>/<estimator>`` (``<metric>`` for the unit's own numbers such
 as ``base_loss``) at step = the unit's position in the plan (the order of
-``records.csv``; a resumed run logs the remaining units at their own
-positions). Series of several values per unit (the ΔL–lr curve, trajectories,
-per-layer cosines) stay in ``records.csv``.
+``records.csv``; a resumed run first logs every unit recorded before again,
+then the remaining units at their own positions). Series of several values per
+unit (the ΔL–lr curve, trajectories, per-layer cosines) stay in ``records.csv``.
 
 At the end, each of those scalars' mean over the units recorded so far goes to
 the summary as ``mean/<metric>/<estimator>`` (TensorBoard's HParams row,
@@ -40,8 +40,14 @@ def check_trackers(config: Any) -> List[str]:
 
 
 def open_probe_trackers(config: Any, run_dir: Path, resumed: bool) -> Trackers:
-    """The probe's trackers, opened, with its flat config as parameters."""
-    context = TrackingContext(run_dir, "probe", resumed=resumed, mlflow=config.mlflow, settings_key="mlflow")
+    """The probe's trackers, opened, with its flat config as parameters.
+
+    A resumed probe logs every recorded unit again before the rest (``run_grid(replay_done=True)``):
+    TensorBoard purges the earlier attempt's events (``resume_step=-1``: from step 0), MLflow skips
+    the steps its run holds, so a unit whose logging a kill cut short is there too, and each unit once.
+    """
+    context = TrackingContext(run_dir, "probe", resumed=resumed, mlflow=config.mlflow, settings_key="mlflow",
+                              resume_step=-1 if resumed else None)
     trackers = open_trackers(resolve_trackers(list(config.trackers), required=True, key="trackers")[0], context)
     flat = flatten_dotted(to_dict(config))
     trackers.log_params({k: v for k, v in flat.items() if not any(k == b or k.startswith(b + ".") for b in _BOOKKEEPING)})

@@ -48,8 +48,9 @@ class TrackingContext:
     resumed: bool = False  # a resumed run: continue the backend's run where it keeps one (MLflow)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     settings_key: str = "run.mlflow"  # where the mlflow settings sit in the command's config (for messages)
-    # a resumed training run: the optimizer steps of its checkpoint. Per-step points after it may have been
-    # logged by the attempt that was killed, and are logged again (TensorBoard purges them from this step + 1)
+    # a resumed run: the last step whose points stay as logged (training: its checkpoint's optimizer steps;
+    # -1: the probe, which logs every unit again). Points after it may have been logged by the attempt that
+    # was killed and are logged again (TensorBoard purges them from this step + 1; MLflow skips what it holds)
     resume_step: Optional[int] = None
 
 
