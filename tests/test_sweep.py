@@ -336,10 +336,12 @@ def test_ctrl_c_stops_cleanly_and_resume_equals_an_uninterrupted_sweep(tmp_path,
         [sys.executable, "-m", "lowbit", "sweep", str(tmp_path / "spec.yaml"), "--workers", "1", "--quiet",
          "--runs-dir", str(tmp_path / "runs")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as from a terminal: a pytest started in the background of a script inherits SIGINT ignored (POSIX
+        # shells do that to background jobs), and so would this sweep, which then ran on to the end
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     sweep_dir = _wait_for(lambda: next((p for p in (tmp_path / "runs").glob("sweep-*")), None), process)
-    # the first cell's first checkpoint (after epoch 1 of 2): three cells and more are still to run, so the
-    # signal lands while the sweep works (waiting for a finished cell raced the last ones on an idle machine)
+    # the first cell's first checkpoint (after epoch 1 of 2): the signal lands while a cell trains, three to go
     cells = _wait_for(lambda: read_cells(sweep_dir) if (sweep_dir / "cells.csv").exists() else None, process)
     first = sweep_dir / cells[0].run_dir / "checkpoints" / "last.pt"
     _wait_for(lambda: first.exists() or None, process)
