@@ -102,7 +102,8 @@ def run_analysis(
     analyses are deterministic, so it ends as an uninterrupted run would. (An
     analysis has no checkpoints: it starts over, its outputs are replaced.) A
     ``config.yaml`` edited since the run started is refused unless ``force``
-    (``device``, the ``--device`` flag, may change on resume).
+    (``device``, the ``--device`` flag, may change on resume). ``device`` (if given)
+    replaces ``config.device``, for a new run as for a resumed one.
     Every check of :mod:`lowbit.analysis.preflight` runs before the run directory
     is made. Writes ``config.yaml``, ``meta.yaml``, the analysis' records and
     plots, ``summary.yaml`` and ``report.md``.
@@ -126,6 +127,8 @@ def run_analysis(
     else:
         if config is None:
             config = config_class()
+        if device is not None:
+            config = dataclasses.replace(config, device=device)
         resolve_device(config.device)  # no such device: one line, before the run directory exists
         check_analysis(name, config)  # before the run directory exists
         check_writable(run_dir if run_dir is not None else runs_dir)
