@@ -1,7 +1,20 @@
 """Suite-wide test settings."""
 
+import signal
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Ctrl-C as from a terminal, also when pytest was started in the background of a script.
+
+    POSIX shells start a background job with SIGINT ignored; lowbit's commands then keep it ignored
+    (as Python does), and the tests that send a real SIGINT to a run would see it do nothing. Python
+    handlers are not inherited across exec: the runs the tests start get SIGINT's default too.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

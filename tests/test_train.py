@@ -370,7 +370,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, na
     assert len(read_records(tmp_path / "run" / "metrics.csv")) == 1
 
 
-def _run_cli(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def _run_cli(args: list[str], env_extra: dict | None = None, sigint=signal.SIG_DFL) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "LOWBIT_TEST_INTERRUPT_AT_STEP"}
     env.update(env_extra or {})
     return subprocess.run(
@@ -379,7 +379,17 @@ def _run_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Compl
         text=True,
         env=env,
         timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),  # SIG_DFL: as from a terminal
     )
+
+
+def test_a_run_started_with_sigint_ignored_keeps_it_ignored(tmp_path):
+    """A script's background job inherits SIGINT ignored: the run goes on through a real SIGINT (as Python does)."""
+    args = ["--runs-dir", str(tmp_path / "runs"), "--quiet", *tiny_overrides(**{"run.epochs": 1})]
+    done = _run_cli(args, {"LOWBIT_TEST_INTERRUPT_AT_STEP": "3"}, sigint=signal.SIG_IGN)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["complete"]
 
 
 def test_resume_after_real_sigint_mid_epoch_equals_uninterrupted(tmp_path):

@@ -19,6 +19,13 @@ import torch
 
 from lowbit.quant.fused import fused_hard_sign
 
+# torch 2.11's Dynamo gives a traced autograd.Function zero gradients when its
+# forward returns a tensor that is also one of its intermediates (the same
+# TensorImpl, as ``t.to(t.dtype)`` returns): the gradient edge is routed to the
+# intermediate's output slot (pytorch/pytorch#180642, fixed in 2.12). On that
+# release the traced forward returns a copy (compiled code only; eager is unaffected).
+_COPY_TRACED_OUTPUT = tuple(int(part) for part in torch.__version__.split(".")[:2]) == (2, 11)
+
 ForwardFn = Callable[..., torch.Tensor]
 BackwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,7 +44,8 @@ class _QuantizeWithSurrogateTraced(torch.autograd.Function):
 
     @staticmethod
     def forward(x, forward_fn, backward_fn, *aux):
-        return forward_fn(x, *aux)
+        out = forward_fn(x, *aux)
+        return out.clone() if _COPY_TRACED_OUTPUT and torch.compiler.is_compiling() else out
 
     @staticmethod
     def setup_context(ctx, inputs, output):

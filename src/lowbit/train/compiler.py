@@ -16,7 +16,10 @@ operations). Two settings keep it that way:
 - ``fallback_random``: inductor's own generator would draw other random numbers
   than ATen's for dropout, RReLU or stochastic rounding; with this option the
   compiled graph calls ATen's (the same draws from the same seeded generator), so
-  a run may switch ``run.compile`` on resume.
+  a run may switch ``run.compile`` on resume. (Before torch 2.13 — seen on
+  2.11 and 2.12 — inductor's RReLU draws its slopes otherwise even so, and the
+  compiled run's slopes differ from eager's; :class:`CompileNumericsWarning`
+  says so. 2.13 draws eager's.)
 - ``run.deterministic: true`` (the default) sets inductor's ``deterministic``
   flag too (``torch.use_deterministic_algorithms``), which skips autotuning
   choices that change numerics; ``run.deterministic=false`` gives max-autotune
@@ -33,6 +36,7 @@ the fix, raised before that step changes any weight.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -41,11 +45,19 @@ from torch import nn
 
 from lowbit.train.config import RunConfig
 
-__all__ = ["CompileFailed", "check_compile", "compile_errors", "compile_module", "describe_compile", "parse_compile_flag"]
+__all__ = ["CompileFailed", "CompileNumericsWarning", "check_compile", "compile_errors", "compile_module", "describe_compile", "parse_compile_flag"]
 
 
 class CompileFailed(RuntimeError):
     """torch.compile raised during a training step; the message names ``run.compile`` and how to turn it off."""
+
+
+class CompileNumericsWarning(UserWarning):
+    """The compiled step will not draw eager's random numbers (a known bug of the installed torch)."""
+
+
+def _torch_minor() -> tuple:
+    return tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 
 
 def describe_compile(compile: Union[bool, str, None], backend: Optional[str]) -> str:
@@ -126,6 +138,14 @@ def compile_module(module: nn.Module, run: RunConfig) -> nn.Module:
         return torch.compile(module, backend=run.compile_backend)
     from torch._inductor import list_mode_options
 
+    if _torch_minor() < (2, 13) and any(isinstance(m, nn.RReLU) for m in module.modules()):
+        warnings.warn(
+            f"{_setting(run)} with RReLU on torch {torch.__version__}: this torch's inductor draws RReLU's random "
+            "slopes otherwise than eager does (fallback_random notwithstanding), so the compiled run follows "
+            "other, equally valid slopes than an eager run and a resume that switches run.compile is not exact; "
+            "torch >= 2.13 draws eager's, or use run.compile_backend=aot_eager",
+            CompileNumericsWarning, stacklevel=2,
+        )
     # a mode and options cannot both be given: the mode's options, plus ATen's random numbers
     options = {**list_mode_options(mode), "fallback_random": True}
     return torch.compile(module, backend="inductor", options=options)

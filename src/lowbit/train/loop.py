@@ -22,7 +22,10 @@ and position, the running sums, every RNG state) and raises
 :class:`TrainingInterrupted`. ``train(resume=run_dir)`` continues from it and
 ends with the same weights and metrics, bit for bit, as a run that was never
 interrupted (same machine and thread count; deterministic algorithms on).
-A second SIGINT stops at once, keeping the previous checkpoint.
+A second SIGINT stops at once, keeping the previous checkpoint. A signal the
+process inherited as ignored stays ignored (a script's background job has
+SIGINT ignored), as Python itself, ``lowbit probe`` and ``lowbit sweep`` do for
+SIGINT.
 
 Randomness, each from its own seeded source so resuming restores it exactly:
 model init (torch global RNG seeded with ``seed``), data order (``seed``),
@@ -350,7 +353,9 @@ def _handle_signals(flag: _StopFlag):
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be installed from the main thread
         return
-    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    # an inherited SIG_IGN (a job a script started in the background) stays: that process asked for no Ctrl-C
+    watched = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, flag) for s in watched}
     try:
         yield
     finally:
