@@ -13,7 +13,8 @@ ends, so a run cut short still returns what it measured:
 
 - ``machine``      GPU, driver, torch and CUDA versions, the host CPU.
 - ``peak``         the ceilings: float32 (TF32 off) and bf16 matmul TFLOP/s, device-to-device copy GB/s.
-- ``cuda_tests``   ``pytest -m cuda`` on the device tests (probe, analyze, train: CPU == CUDA, compile, fp16/bf16).
+- ``cuda_tests``   ``pytest -m cuda`` on the device tests (probe, the four analyses, train, binary layers:
+                   CPU == CUDA; compile, fp16/bf16).
 - ``nes``          NES population evaluation on the toy at dim 64 (batches 16 000 and the notes' 160 000):
                    useful GFLOP/s beside the float32 peak, and one ``nes(population=50000)`` estimate.
 - ``cell``         one dim-64 cell of the notes' protocol (configs/sweep-toy-protocol.yaml, c015) for the
@@ -195,7 +196,8 @@ def peak_section(args: argparse.Namespace, device: torch.device) -> tuple:
 
 def cuda_tests_section(args: argparse.Namespace, device: torch.device, budget: Budget) -> tuple:
     log = args.out / "cuda_tests.log"
-    files = ["tests/test_devices.py", "tests/test_probe_device.py", "tests/test_train_compile.py", "tests/test_train_precision.py"]
+    files = ["tests/test_devices.py", "tests/test_probe_device.py", "tests/test_analysis_device.py", "tests/test_train_compile.py",
+             "tests/test_train_precision.py"]
     result = run_logged([sys.executable, "-m", "pytest", "-m", "cuda", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
                          "-rs", *files], log, min(args.section_cap, budget.left() - 5))
     text = log.read_text()
