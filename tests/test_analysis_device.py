@@ -309,21 +309,11 @@ def test_cuda_training_equals_the_cpus(tmp_path):
 
 
 def binary_layers(device: str) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Two binary convs on ``device`` in float64: the output and the gradients of sum(y²), on the CPU.
+    """Two binary convs on ``device`` in float64: the output and the gradients of sum(y²), on the CPU
+    (a float conv before each binary one keeps sign ties away: tests/binary_nets.py)."""
+    from binary_nets import float_then_binary_convs
 
-    A float conv with a bias sits before each binary conv: a binary conv's outputs are sums of ±α,
-    many exactly 0, and a sum in another order can leave 1e-17 of either sign, which the next sign
-    turns into ±1 (the pattern of test_train_compile's inductor test).
-    """
-    from lowbit.nn import BinaryConv2d
-
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1),
-        BinaryConv2d(8, 8, 3, padding=1, input_quantizer="ste_clipped", weight_quantizer="xnor_weight"),
-        torch.nn.Conv2d(8, 8, 1),
-        BinaryConv2d(8, 8, 3, padding=1, input_quantizer="approx_sign", weight_quantizer="xnor_weight"),
-    ).double()
+    net = float_then_binary_convs()
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
     net, x = net.to(device), x.to(device)
     y = net(x)

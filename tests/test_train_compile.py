@@ -75,14 +75,15 @@ def test_bad_values_are_config_errors_naming_the_valid_ones():
     assert tiny().run.compile_mode is None and tiny(**{"run.compile": "reduce-overhead"}).run.compile_mode == "reduce-overhead"
 
 
-def test_an_unknown_backend_or_no_cxx_compiler_fails_before_any_data_or_folder(tmp_path, monkeypatch):
+def test_an_unknown_backend_or_no_cxx_compiler_fails_before_any_data_or_folder(tmp_path):
     with pytest.raises(ValueError, match=r"unknown torch._dynamo backend 'inductr'. Did you mean 'inductor'\?"):
         train(tiny(**{"run.compile": "true", "run.compile_backend": "inductr"}), runs_dir=tmp_path / "a")
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))  # a machine without a C++ compiler
-    with pytest.raises(ValueError, match=r"run.compile=true on the CPU: inductor builds C\+\+ kernels and found no C\+\+ "
-                                         r"compiler .*use run.compile_backend=aot_eager, or set run.compile=false"):
+    # a machine without a C++ compiler (config.patch: a monkeypatch of the option is not undone cleanly on torch 2.11)
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}), pytest.raises(
+            ValueError, match=r"run.compile=true on the CPU: inductor builds C\+\+ kernels and found no C\+\+ "
+                              r"compiler .*use run.compile_backend=aot_eager, or set run.compile=false"):
         train(tiny(**{"run.compile": "true"}), runs_dir=tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -216,21 +217,11 @@ def test_inductor_with_rrelu_warns_only_on_a_torch_that_draws_its_slopes_otherwi
 
 @pytest.mark.slow
 def test_binary_layers_under_inductor_equal_eager_in_float64():
-    """Binary convs through inductor: outputs and gradients of eager's, to float64 rounding.
+    """Binary convs through inductor: outputs and gradients of eager's, to float64 rounding
+    (a float conv before each binary one keeps sign ties away: tests/binary_nets.py)."""
+    from binary_nets import float_then_binary_convs
 
-    A float conv with a bias sits before each binary conv: a binary conv's outputs are sums of +-alpha,
-    many exactly 0, and a sum in another order can leave 1e-17 of either sign, which the next sign
-    turns into +-1 (BatchNorm of such outputs ties the same way; docs/training.md, "torch.compile").
-    """
-    from lowbit.nn import BinaryConv2d
-
-    torch.manual_seed(0)
-    eager = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1),
-        BinaryConv2d(8, 8, 3, padding=1, input_quantizer="ste_clipped", weight_quantizer="xnor_weight"),
-        torch.nn.Conv2d(8, 8, 1),
-        BinaryConv2d(8, 8, 3, padding=1, input_quantizer="approx_sign", weight_quantizer="xnor_weight"),
-    ).double()
+    eager = float_then_binary_convs()
     twin = copy.deepcopy(eager)
     compiled = torch.compile(twin, backend="inductor")
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
