@@ -303,6 +303,40 @@ def test_a_failed_build_falls_back_with_one_warning(tmp_path, monkeypatch):
     assert y.detach().tolist() == [[1.0 if v >= 0 else -1.0 for v in row] for row in x.detach().tolist()]
 
 
+@pytest.mark.skipif(not fused_available(), reason="no C++ build here")
+def test_another_install_of_the_same_sources_loads_the_same_build_without_recompiling(tmp_path):
+    """A second copy of sign.cpp elsewhere (another venv, worktree or checkout): the same build, not a rebuild.
+
+    torch's build rules name the source paths; the compiler reads the copy staged in the build's folder, so
+    the path of the installed file does not matter (before, each install rebuilt the other's build, ~30 s).
+    """
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    (library,) = Path(_get_build_directory(fused.EXTENSION.name(), verbose=False)).glob("*.so")
+    built = library.stat().st_mtime_ns
+    copy = tmp_path / "elsewhere" / "sign.cpp"
+    copy.parent.mkdir()
+    copy.write_bytes(fused.SOURCE.read_bytes())
+    other = NativeExtension("lowbit_sign", [copy], fused.CFLAGS, purpose="fused sign kernels", fallback=".")
+    assert other.name() == fused.EXTENSION.name() and other.staged_sources() == fused.EXTENSION.staged_sources()
+    code = f"""
+import sys; sys.path.insert(0, {str(Path(fused.__file__).parents[2])!r})
+from pathlib import Path
+from lowbit.native import NativeExtension
+import lowbit.quant.fused as fused
+other = NativeExtension("lowbit_sign", [Path({str(copy)!r})], fused.CFLAGS, purpose="fused sign kernels", fallback=".")
+assert other.load() is not None, other.build_error()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)  # a fresh process
+    assert done.returncode == 0, done.stderr
+    assert library.stat().st_mtime_ns == built and "compiling" not in done.stderr
+    edited = tmp_path / "edited.cpp"
+    edited.write_bytes(fused.SOURCE.read_bytes() + b"\n// edited\n")
+    assert NativeExtension("lowbit_sign", [edited], fused.CFLAGS, purpose=".", fallback=".").name() != other.name()
+
+
 @pytest.mark.slow  # compiles a second build (~25 s)
 def test_the_baseline_build_gives_the_bits_of_the_vectorised_clones():
     """The AVX-512 / AVX2 clones chosen at load time against the kernels built for the baseline ISA alone."""

@@ -5,7 +5,11 @@ binaries: :class:`NativeExtension` compiles one with ``torch.utils.cpp_extension
 (ninja and a C++ compiler) the first time a process needs it, into torch's extension
 cache (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under a name
 that includes a hash of the sources and flags. Later processes load the cached build in
-a fraction of a second, and an edited source builds anew. When the build fails (no
+a fraction of a second, and an edited source builds anew. The compiler reads a copy of
+the sources kept in that build's own folder, not the installed files: torch's build
+rules name the source paths, so two installs of one lowbit (a checkout and a venv, two
+worktrees) would otherwise rebuild the same extension each time the other ran (~30 s);
+with the copy they share one build. When the build fails (no
 compiler, no ninja) the failure is remembered, one RuntimeWarning says what is lost,
 and ``load()`` returns None from then on: every caller keeps a pure-PyTorch path with
 the same results.
@@ -64,6 +68,30 @@ class NativeExtension:
         except Exception:  # a private helper of torch's: if it moves, just say "not cached"
             return False
 
+    def staged_sources(self) -> list:
+        """The sources as the compiler reads them: copies in the build's folder (same bytes, a path every
+        install of this lowbit shares), written atomically if missing; the installed files if that fails."""
+        try:
+            import os
+            import tempfile
+
+            from torch.utils.cpp_extension import _get_build_directory
+
+            folder = Path(_get_build_directory(self.name(), verbose=False)) / "sources"
+            folder.mkdir(parents=True, exist_ok=True)
+            staged = []
+            for source in self.sources:
+                copy, text = folder / source.name, source.read_bytes()
+                if not copy.is_file() or copy.read_bytes() != text:
+                    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{source.name}.")
+                    with os.fdopen(handle, "wb") as out:
+                        out.write(text)
+                    os.replace(temporary, copy)  # another process may stage the same bytes at once: either wins
+                staged.append(copy)
+            return staged
+        except Exception:  # a private helper of torch's, a read-only cache: compile the installed files
+            return list(self.sources)
+
     def load(self) -> Any:
         """The compiled module (built and cached on the first call), or None with the reason in ``build_error()``."""
         with self._lock:
@@ -74,7 +102,7 @@ class NativeExtension:
                     if not self.is_cached():
                         print(f"lowbit: compiling the C++ {self.purpose} (once per machine, ~30 s) ...", file=sys.stderr, flush=True)
                     self._module = load(
-                        self.name(), [str(source) for source in self.sources], extra_cflags=self.cflags, verbose=False
+                        self.name(), [str(source) for source in self.staged_sources()], extra_cflags=self.cflags, verbose=False
                     )
                 except Exception as error:  # no compiler, no ninja, a failed build: fall back
                     self._error = _short_reason(error)
