@@ -566,9 +566,12 @@ def train(
     if rank is not None:
         rank.start(dev)
         try:
-            return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed, on_epoch)
-        finally:
-            rank.stop()
+            done = _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed, on_epoch)
+        except BaseException:
+            rank.stop()  # no barrier: another rank may be gone
+            raise
+        rank.stop(wait_for_all=True)
+        return done
     return _train(config, run_dir, state, runs_dir, dev, rank, progress, log, resumed, on_epoch)
 
 
