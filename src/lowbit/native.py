@@ -21,7 +21,9 @@ and ``lowbit.deploy``, which each own one.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -72,9 +74,6 @@ class NativeExtension:
         """The sources as the compiler reads them: copies in the build's folder (same bytes, a path every
         install of this lowbit shares), written atomically if missing; the installed files if that fails."""
         try:
-            import os
-            import tempfile
-
             from torch.utils.cpp_extension import _get_build_directory
 
             folder = Path(_get_build_directory(self.name(), verbose=False)) / "sources"
