@@ -24,7 +24,7 @@ from lowbit.quant.fused import fused_hard_sign
 # TensorImpl, as ``t.to(t.dtype)`` returns): the gradient edge is routed to the
 # intermediate's output slot (pytorch/pytorch#180642, fixed in 2.12). On that
 # release the traced forward returns a copy (compiled code only; eager is unaffected).
-_COPY_TRACED_OUTPUT = tuple(int(part) for part in torch.__version__.split(".")[:2]) == (2, 11)
+_COPY_TRACED_OUTPUT = (2, 11) <= torch.__version__ < (2, 12)  # TorchVersion compares with tuples
 
 ForwardFn = Callable[..., torch.Tensor]
 BackwardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

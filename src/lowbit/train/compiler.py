@@ -56,8 +56,9 @@ class CompileNumericsWarning(UserWarning):
     """The compiled step will not draw eager's random numbers (a known bug of the installed torch)."""
 
 
-def _torch_minor() -> tuple:
-    return tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+def _rrelu_draws_differ() -> bool:
+    """Whether this torch's inductor draws RReLU's slopes otherwise than eager (seen on 2.11 and 2.12)."""
+    return torch.__version__ < (2, 13)
 
 
 def describe_compile(compile: Union[bool, str, None], backend: Optional[str]) -> str:
@@ -138,7 +139,7 @@ def compile_module(module: nn.Module, run: RunConfig) -> nn.Module:
         return torch.compile(module, backend=run.compile_backend)
     from torch._inductor import list_mode_options
 
-    if _torch_minor() < (2, 13) and any(isinstance(m, nn.RReLU) for m in module.modules()):
+    if _rrelu_draws_differ() and any(isinstance(m, nn.RReLU) for m in module.modules()):
         warnings.warn(
             f"{_setting(run)} with RReLU on torch {torch.__version__}: this torch's inductor draws RReLU's random "
             "slopes otherwise than eager does (fallback_random notwithstanding), so the compiled run follows "
